@@ -1,0 +1,248 @@
+"""Spec -> ``torch.nn.Module``.
+
+Modules are deterministic from the spec (weights from ``torch.manual_seed(seed)``; the skip wiring
+is read from the spec, never drawn here) and export-friendly: long-range channel selection is a
+static ``index_select`` with a registered index buffer, there is no data-dependent Python control
+flow, and every shape is fixed by the spec.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec
+
+
+class DenseLayer(nn.Module):
+    """Pre-activation BN -> ReLU -> conv on its (concatenated) input; the stem has no BN-ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, conv: str, pre_act: bool) -> None:
+        super().__init__()
+        self.pre: nn.Module = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU()) if pre_act else nn.Identity()
+        if conv == "regular":
+            self.conv: nn.Module = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        else:
+            self.conv = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, bias=False),
+                nn.BatchNorm2d(out_ch), nn.ReLU(),
+                nn.Conv2d(out_ch, out_ch, 3, stride, 1, groups=out_ch, bias=False),
+                nn.BatchNorm2d(out_ch), nn.ReLU(),
+                nn.Conv2d(out_ch, out_ch, 1, bias=False),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pre(x))
+
+
+class DenseCell(nn.Module):
+    """One cell: layer i >= 2 sees cat(out[i-1], index_select(cat(out[0..i-2]), skips[i]))."""
+
+    def __init__(self, in_ch: int, depth: int, width: int, skips: tuple[tuple[int, ...], ...],
+                 stride: int, conv: str, stem: bool, linear: bool = False, activation: str = "relu") -> None:
+        super().__init__()
+        self.depth = depth
+        self.layers = nn.ModuleList()
+        self.has_skip = [len(s) > 0 for s in skips]
+        for i in range(depth):
+            cin = in_ch if i == 0 else width + len(skips[i])
+            if linear:
+                act = nn.ReLU() if activation == "relu" else nn.Tanh()
+                self.layers.append(nn.Sequential(nn.Linear(cin, width), act))
+            else:
+                self.layers.append(DenseLayer(cin, width, stride if i == 0 else 1, conv, pre_act=not (stem and i == 0)))
+            self.register_buffer(f"skip{i}", torch.tensor(skips[i], dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs: list[torch.Tensor] = []
+        h = x
+        for i, layer in enumerate(self.layers):
+            if i >= 2 and self.has_skip[i]:
+                pool = outs[0] if i == 2 else torch.cat(outs[: i - 1], dim=1)
+                chosen = torch.index_select(pool, 1, getattr(self, f"skip{i}"))
+                h = torch.cat([h, chosen], dim=1)
+            h = layer(h)
+            outs.append(h)
+        return h
+
+
+class DenseNet(nn.Module):
+    def __init__(self, spec: DenseSpec) -> None:
+        super().__init__()
+        cin = spec.input_shape[0]
+        cells = []
+        for c, cell in enumerate(spec.cells):
+            cells.append(DenseCell(cin, cell.depth, cell.width, spec.skips[c], 2 if c > 0 else 1, spec.conv,
+                                   stem=(c == 0)))
+            cin = cell.width
+        self.cells = nn.Sequential(*cells)
+        self.head = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(cin, spec.num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.cells(x))
+
+
+class Mlp(nn.Module):
+    def __init__(self, spec: MlpSpec) -> None:
+        super().__init__()
+        cin = spec.input_shape[0]
+        cells = []
+        for c, cell in enumerate(spec.cells):
+            cells.append(DenseCell(cin, cell.depth, cell.width, spec.skips[c], 1, "regular", stem=False,
+                                   linear=True, activation=spec.activation))
+            cin = cell.width
+        self.cells = nn.Sequential(*cells)
+        self.head = nn.Linear(cin, spec.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.cells(x))
+
+
+# ------------------------------------------------------------------------------ ResNet family
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int, groups: int, width_per_group: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int, groups: int, width_per_group: int) -> None:
+        super().__init__()
+        width = int(planes * width_per_group / 64) * groups
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    def __init__(self, spec: ResNetSpec) -> None:
+        super().__init__()
+        block: type[BasicBlock] | type[Bottleneck] = BasicBlock if spec.block == "basic" else Bottleneck
+        stem = spec.stem_width
+        self.stem = nn.Sequential(nn.Conv2d(spec.input_shape[0], stem, 7, 2, 3, bias=False), nn.BatchNorm2d(stem),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        inplanes = stem
+        stages = []
+        for k, (planes, n) in enumerate(zip(spec.stage_planes(), spec.layers)):
+            blocks = []
+            for b in range(n):
+                blocks.append(block(inplanes, planes, 2 if (k > 0 and b == 0) else 1, spec.groups,
+                                    spec.width_per_group))
+                inplanes = planes * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, spec.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = int(round(inp * expand_ratio))
+        self.use_res = stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers += [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU6(inplace=True), nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, spec: MobileNetV2Spec) -> None:
+        super().__init__()
+        stem = spec.stem_width
+        feats: list[nn.Module] = [nn.Sequential(nn.Conv2d(spec.input_shape[0], stem, 3, 2, 1, bias=False),
+                                                nn.BatchNorm2d(stem), nn.ReLU6(inplace=True))]
+        blocks = spec.blocks()
+        for inp, oup, stride, t in blocks:
+            feats.append(InvertedResidual(inp, oup, stride, t))
+        last = spec.head_width
+        feats.append(nn.Sequential(nn.Conv2d(blocks[-1][1], last, 1, bias=False), nn.BatchNorm2d(last),
+                                   nn.ReLU6(inplace=True)))
+        self.features = nn.Sequential(*feats)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, spec.num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build_module(spec: AnySpec, *, init_seed: int | None = None) -> nn.Module:
+    """Build the module of ``spec`` in eval mode, weights drawn from ``init_seed`` (default: the
+    spec's seed, 0 for families without one)."""
+    seed = init_seed if init_seed is not None else int(getattr(spec, "seed", 0))
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        module: nn.Module
+        if isinstance(spec, DenseSpec):
+            module = DenseNet(spec)
+        elif isinstance(spec, MlpSpec):
+            module = Mlp(spec)
+        elif isinstance(spec, ResNetSpec):
+            module = ResNet(spec)
+        elif isinstance(spec, MobileNetV2Spec):
+            module = MobileNetV2(spec)
+        else:
+            raise TypeError(f"not a spec: {type(spec).__name__}")
+        if not isinstance(spec, MlpSpec):
+            _init_weights(module)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return module.eval()
+
+
+def example_input(spec: AnySpec, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *spec.input_shape), generator=g)

@@ -1,0 +1,379 @@
+"""Analytic metrics of a spec, computed without torch.
+
+Topology metrics
+----------------
+- **NN-Density** of a dense cell: ``rho_c = sum_i s_{c,i} / sum_i w_c*(i-1)`` over layers
+  ``i = 2..d_c-1`` (the share of possible long-range channels that are used); 0 for cells with fewer
+  than three layers, which have no possible long-range links.
+- **NN-Mass**: ``sum_c rho_c * w_c * d_c`` for concatenation skips. For addition skips (ResNet,
+  Wide-ResNet, ResNeXt, MobileNetV2) the per-block formulas of the NN-Mass paper, summed over blocks.
+- **NN-Degree** (our definition, following FLASH's idea of an analytical degree of a network with
+  skip connections): the average number of input channels per layer of a cell, summed over cells,
+  ``g = sum_c (w_c + (1/d_c) * sum_i s_{c,i})``: each output channel of a layer is connected to the
+  ``w_c`` channels of the previous layer plus the concatenated long-range channels.
+
+Counting rules
+--------------
+- ``params``: every trainable parameter (conv and linear weights, linear biases, BatchNorm weight
+  and bias); BatchNorm running statistics are buffers, not parameters.
+- ``macs``: multiply-accumulates of convolutions and linear layers for one input (batch 1).
+  BatchNorm, activations, pooling, concatenation and additions are not counted as MACs; the per-layer
+  table still lists them with the bytes they move.
+- Bytes assume float32 tensors: weights ``4 * params``, activations in and out ``4 * C * H * W``.
+
+The dense-family functions accept numpy arrays of configurations (``depth``, ``width``, ``tc`` of
+shape ``(n, cells)``) so a search can score millions of candidates without building a module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec
+
+BYTES_PER_ELEMENT = 4
+
+
+# ------------------------------------------------------------------------ vectorized dense metrics
+
+
+def _as_int_array(x: Any) -> np.ndarray:
+    a = np.asarray(x, dtype=np.int64)
+    return a[None, :] if a.ndim == 1 else a
+
+
+def skip_sum(depth: Any, width: Any, tc: Any) -> np.ndarray:
+    """``sum_{i=2}^{d-1} min(tc, w*(i-1))`` in closed form, elementwise over arrays."""
+    d, w, t = np.asarray(depth, np.int64), np.asarray(width, np.int64), np.asarray(tc, np.int64)
+    k = np.maximum(d - 2, 0)  # number of layers that can receive links, k-th gets min(t, w*k)
+    q = np.minimum(t // w, k)  # layers that are not yet capped by t
+    return w * q * (q + 1) // 2 + t * (k - q)
+
+
+def possible_skips(depth: Any, width: Any) -> np.ndarray:
+    """``sum_{i=2}^{d-1} w*(i-1) = w*(d-1)*(d-2)/2``."""
+    d, w = np.asarray(depth, np.int64), np.asarray(width, np.int64)
+    return w * np.maximum(d - 1, 0) * np.maximum(d - 2, 0) // 2
+
+
+def nn_density(depth: Any, width: Any, tc: Any) -> np.ndarray:
+    s = skip_sum(depth, width, tc)
+    p = possible_skips(depth, width)
+    return np.where(p > 0, s / np.maximum(p, 1), 0.0)
+
+
+def nn_mass(depth: Any, width: Any, tc: Any) -> np.ndarray:
+    """NN-Mass of dense/mlp configurations; arrays ``(n, cells)`` -> ``(n,)``."""
+    d, w, t = _as_int_array(depth), _as_int_array(width), _as_int_array(tc)
+    return (nn_density(d, w, t) * w * d).sum(axis=-1)
+
+
+def nn_degree(depth: Any, width: Any, tc: Any) -> np.ndarray:
+    """NN-Degree (our definition, see the module docstring); arrays ``(n, cells)`` -> ``(n,)``."""
+    d, w, t = _as_int_array(depth), _as_int_array(width), _as_int_array(tc)
+    return (w + skip_sum(d, w, t) / d).sum(axis=-1)
+
+
+def conv_out(h: Any, kernel: int, stride: int, pad: int) -> Any:
+    return (h + 2 * pad - kernel) // stride + 1
+
+
+def dense_params_macs(depth: Any, width: Any, tc: Any, *, conv: str = "regular",
+                      input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Parameter and MAC counts of dense-family CNNs, vectorized over ``(n, cells)`` arrays."""
+    d, w, t = _as_int_array(depth), _as_int_array(width), _as_int_array(tc)
+    n, ncell = d.shape
+    c_img, h, wd = input_shape
+    params = np.zeros(n, np.int64)
+    macs = np.zeros(n, np.int64)
+    cin = np.full(n, c_img, np.int64)
+    for c in range(ncell):
+        dc, wc, tcc = d[:, c], w[:, c], t[:, c]
+        h_in, w_in = h, wd
+        if c > 0:
+            h, wd = conv_out(h, 3, 2, 1), conv_out(wd, 3, 2, 1)
+        s = skip_sum(dc, wc, tcc)
+        in_sum = cin + (dc - 1) * wc + s
+        pre_bn = in_sum - (cin if c == 0 else 0)  # the stem sees the raw image: no BN before it
+        if conv == "regular":
+            params += 9 * wc * in_sum + 2 * pre_bn
+            macs += 9 * wc * in_sum * h * wd
+        else:
+            params += wc * in_sum + 9 * wc * dc + wc * wc * dc + 2 * pre_bn + 4 * wc * dc
+            macs += wc * (cin * h_in * w_in + (in_sum - cin) * h * wd) + (9 * wc + wc * wc) * dc * h * wd
+        cin = wc
+    params += 2 * cin + cin * num_classes + num_classes
+    macs += cin * num_classes
+    return params, macs
+
+
+def dense_metrics(depth: Any, width: Any, tc: Any, *, conv: str = "regular",
+                  input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10) -> dict[str, np.ndarray]:
+    """All dense-family metrics for arrays of configurations of shape ``(n, cells)``."""
+    d, w, t = _as_int_array(depth), _as_int_array(width), _as_int_array(tc)
+    params, macs = dense_params_macs(d, w, t, conv=conv, input_shape=input_shape, num_classes=num_classes)
+    return {
+        "nn_density": nn_density(d, w, t),
+        "nn_mass": nn_mass(d, w, t),
+        "nn_degree": nn_degree(d, w, t),
+        "params": params,
+        "macs": macs,
+    }
+
+
+# ---------------------------------------------------------------------------- per-layer tables
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One operator of a network with its analytic costs (batch 1, float32)."""
+
+    name: str
+    kind: str  # conv, pointwise, depthwise, grouped, linear, bn, gather, pool, add
+    in_ch: int
+    out_ch: int
+    kernel: int
+    stride: int
+    groups: int
+    h_in: int
+    w_in: int
+    h_out: int
+    w_out: int
+    params: int
+    macs: int
+
+    @property
+    def bytes_weights(self) -> int:
+        return BYTES_PER_ELEMENT * self.params
+
+    @property
+    def bytes_in(self) -> int:
+        return BYTES_PER_ELEMENT * self.in_ch * self.h_in * self.w_in
+
+    @property
+    def bytes_out(self) -> int:
+        return BYTES_PER_ELEMENT * self.out_ch * self.h_out * self.w_out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(bytes_weights=self.bytes_weights, bytes_in=self.bytes_in, bytes_out=self.bytes_out)
+        return d
+
+
+def _conv(name: str, cin: int, cout: int, k: int, s: int, h: int, w: int, groups: int = 1,
+          pad: int | None = None, bias: bool = False) -> tuple[Layer, int, int]:
+    p = k // 2 if pad is None else pad
+    ho, wo = conv_out(h, k, s, p), conv_out(w, k, s, p)
+    params = cout * (cin // groups) * k * k + (cout if bias else 0)
+    macs = cout * (cin // groups) * k * k * ho * wo
+    if groups == 1:
+        kind = "pointwise" if k == 1 else "conv"
+    else:
+        kind = "depthwise" if groups == cin == cout else "grouped"
+    return Layer(name, kind, cin, cout, k, s, groups, h, w, ho, wo, params, macs), ho, wo
+
+
+def _bn(name: str, c: int, h: int, w: int) -> Layer:
+    return Layer(name, "bn", c, c, 1, 1, 1, h, w, h, w, 2 * c, 0)
+
+
+def _linear(name: str, cin: int, cout: int) -> Layer:
+    return Layer(name, "linear", cin, cout, 1, 1, 1, 1, 1, 1, 1, cin * cout + cout, cin * cout)
+
+
+def _dense_layers(spec: DenseSpec) -> list[Layer]:
+    out: list[Layer] = []
+    cin, h, w = spec.input_shape
+    for c, cell in enumerate(spec.cells):
+        wc = cell.width
+        for i in range(cell.depth):
+            stride = 2 if (c > 0 and i == 0) else 1
+            if i == 0:
+                in_ch = cin
+            elif i == 1:
+                in_ch = wc
+            else:
+                s = len(spec.skips[c][i])
+                in_ch = wc + s
+                if s:
+                    out.append(Layer(f"c{c}.l{i}.gather", "gather", in_ch, in_ch, 1, 1, 1, h, w, h, w, 0, 0))
+            pre = f"c{c}.l{i}"
+            if not (c == 0 and i == 0):
+                out.append(_bn(f"{pre}.bn", in_ch, h, w))
+            if spec.conv == "regular":
+                layer, h2, w2 = _conv(f"{pre}.conv", in_ch, wc, 3, stride, h, w)
+                out.append(layer)
+            else:
+                pw1, _, _ = _conv(f"{pre}.pw1", in_ch, wc, 1, 1, h, w)
+                out.append(pw1)
+                out.append(_bn(f"{pre}.bn1", wc, h, w))
+                dw, h2, w2 = _conv(f"{pre}.dw", wc, wc, 3, stride, h, w, groups=wc)
+                out.append(dw)
+                out.append(_bn(f"{pre}.bn2", wc, h2, w2))
+                pw2, _, _ = _conv(f"{pre}.pw2", wc, wc, 1, 1, h2, w2)
+                out.append(pw2)
+            h, w = h2, w2
+        cin = wc
+    out.append(_bn("head.bn", cin, h, w))
+    out.append(Layer("head.pool", "pool", cin, cin, h, 1, 1, h, w, 1, 1, 0, 0))
+    out.append(_linear("head.fc", cin, spec.num_classes))
+    return out
+
+
+def _mlp_layers(spec: MlpSpec) -> list[Layer]:
+    out: list[Layer] = []
+    cin = spec.input_shape[0]
+    for c, cell in enumerate(spec.cells):
+        for i in range(cell.depth):
+            if i == 0:
+                in_ch = cin
+            elif i == 1:
+                in_ch = cell.width
+            else:
+                s = len(spec.skips[c][i])
+                in_ch = cell.width + s
+                if s:
+                    out.append(Layer(f"c{c}.l{i}.gather", "gather", in_ch, in_ch, 1, 1, 1, 1, 1, 1, 1, 0, 0))
+            out.append(_linear(f"c{c}.l{i}.fc", in_ch, cell.width))
+        cin = cell.width
+    out.append(_linear("head.fc", cin, spec.num_classes))
+    return out
+
+
+def _resnet_layers(spec: ResNetSpec) -> list[Layer]:
+    out: list[Layer] = []
+    c0, h, w = spec.input_shape
+    stem = spec.stem_width
+    layer, h, w = _conv("stem.conv", c0, stem, 7, 2, h, w, pad=3)
+    out += [layer, _bn("stem.bn", stem, h, w)]
+    ho, wo = conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
+    out.append(Layer("stem.pool", "pool", stem, stem, 3, 2, 1, h, w, ho, wo, 0, 0))
+    h, w = ho, wo
+    inplanes = stem
+    exp = 1 if spec.block == "basic" else 4
+    for k, (planes, n) in enumerate(zip(spec.stage_planes(), spec.layers)):
+        for b in range(n):
+            stride = 2 if (k > 0 and b == 0) else 1
+            pre = f"s{k}.b{b}"
+            if spec.block == "basic":
+                l1, h1, w1 = _conv(f"{pre}.conv1", inplanes, planes, 3, stride, h, w)
+                l2, _, _ = _conv(f"{pre}.conv2", planes, planes, 3, 1, h1, w1)
+                out += [l1, _bn(f"{pre}.bn1", planes, h1, w1), l2, _bn(f"{pre}.bn2", planes, h1, w1)]
+            else:
+                width = int(planes * spec.width_per_group / 64) * spec.groups
+                l1, _, _ = _conv(f"{pre}.conv1", inplanes, width, 1, 1, h, w)
+                l2, h1, w1 = _conv(f"{pre}.conv2", width, width, 3, stride, h, w, groups=spec.groups)
+                l3, _, _ = _conv(f"{pre}.conv3", width, planes * exp, 1, 1, h1, w1)
+                out += [l1, _bn(f"{pre}.bn1", width, h, w), l2, _bn(f"{pre}.bn2", width, h1, w1),
+                        l3, _bn(f"{pre}.bn3", planes * exp, h1, w1)]
+            if stride != 1 or inplanes != planes * exp:
+                ld, _, _ = _conv(f"{pre}.down", inplanes, planes * exp, 1, stride, h, w, pad=0)
+                out += [ld, _bn(f"{pre}.down_bn", planes * exp, h1, w1)]
+            out.append(Layer(f"{pre}.add", "add", planes * exp, planes * exp, 1, 1, 1, h1, w1, h1, w1, 0, 0))
+            inplanes = planes * exp
+            h, w = h1, w1
+    out.append(Layer("head.pool", "pool", inplanes, inplanes, h, 1, 1, h, w, 1, 1, 0, 0))
+    out.append(_linear("head.fc", inplanes, spec.num_classes))
+    return out
+
+
+def _mobilenetv2_layers(spec: MobileNetV2Spec) -> list[Layer]:
+    out: list[Layer] = []
+    c0, h, w = spec.input_shape
+    stem = spec.stem_width
+    layer, h, w = _conv("stem.conv", c0, stem, 3, 2, h, w)
+    out += [layer, _bn("stem.bn", stem, h, w)]
+    for b, (inp, oup, stride, t) in enumerate(spec.blocks()):
+        hidden = int(round(inp * t))
+        pre = f"b{b}"
+        h_in, w_in = h, w
+        if t != 1:
+            lx, _, _ = _conv(f"{pre}.expand", inp, hidden, 1, 1, h, w)
+            out += [lx, _bn(f"{pre}.bn0", hidden, h, w)]
+        ld, h, w = _conv(f"{pre}.dw", hidden, hidden, 3, stride, h, w, groups=hidden)
+        lp, _, _ = _conv(f"{pre}.project", hidden, oup, 1, 1, h, w)
+        out += [ld, _bn(f"{pre}.bn1", hidden, h, w), lp, _bn(f"{pre}.bn2", oup, h, w)]
+        if stride == 1 and inp == oup:
+            out.append(Layer(f"{pre}.add", "add", oup, oup, 1, 1, 1, h_in, w_in, h, w, 0, 0))
+    last = spec.head_width
+    lc, _, _ = _conv("head.conv", spec.blocks()[-1][1], last, 1, 1, h, w)
+    out += [lc, _bn("head.bn", last, h, w)]
+    out.append(Layer("head.pool", "pool", last, last, h, 1, 1, h, w, 1, 1, 0, 0))
+    out.append(_linear("head.fc", last, spec.num_classes))
+    return out
+
+
+def layer_table(spec: AnySpec) -> list[Layer]:
+    """Every operator of the network in execution order, with params, MACs and bytes moved."""
+    if isinstance(spec, DenseSpec):
+        return _dense_layers(spec)
+    if isinstance(spec, MlpSpec):
+        return _mlp_layers(spec)
+    if isinstance(spec, ResNetSpec):
+        return _resnet_layers(spec)
+    if isinstance(spec, MobileNetV2Spec):
+        return _mobilenetv2_layers(spec)
+    raise TypeError(f"not a spec: {type(spec).__name__}")
+
+
+# ------------------------------------------------------------------------ addition-type NN-Mass
+
+
+def resnet_block_masses(spec: ResNetSpec) -> list[float]:
+    """Per-block NN-Mass of a ResNet: BasicBlock ``inplanes + planes``; Bottleneck
+    ``(inplanes + 2*width) * inplanes / (2*inplanes + width)``."""
+    masses = []
+    inplanes = spec.stem_width
+    exp = 1 if spec.block == "basic" else 4
+    for planes, n in zip(spec.stage_planes(), spec.layers):
+        for _ in range(n):
+            if spec.block == "basic":
+                masses.append(float(inplanes + planes))
+            else:
+                width = int(planes * spec.width_per_group / 64) * spec.groups
+                masses.append((inplanes + 2 * width) * inplanes / (2 * inplanes + width))
+            inplanes = planes * exp
+    return masses
+
+
+def mobilenetv2_block_masses(spec: MobileNetV2Spec) -> list[float]:
+    """Per-block NN-Mass of MobileNetV2: ``(inp + 2*hidden) * inp / (2*inp + hidden)`` for blocks
+    with a residual connection (stride 1 and ``inp == oup``), else 0."""
+    masses = []
+    for inp, oup, stride, t in spec.blocks():
+        hidden = int(round(inp * t))
+        masses.append((inp + 2 * hidden) * inp / (2 * inp + hidden) if (stride == 1 and inp == oup) else 0.0)
+    return masses
+
+
+# ----------------------------------------------------------------------------- one spec, all
+
+
+def compute_metrics(spec: AnySpec) -> dict[str, Any]:
+    """The metrics of one spec as a JSON-ready dict (the ``nnflash metrics --json`` object)."""
+    layers = layer_table(spec)
+    out: dict[str, Any] = {"spec_id": spec.spec_id, "family": spec.family}
+    if isinstance(spec, (DenseSpec, MlpSpec)):
+        d = np.array([[c.depth for c in spec.cells]])
+        w = np.array([[c.width for c in spec.cells]])
+        t = np.array([[c.tc for c in spec.cells]])
+        out["nn_mass"] = float(nn_mass(d, w, t)[0])
+        out["nn_density"] = [float(x) for x in nn_density(d, w, t)[0]]
+        out["nn_degree"] = float(nn_degree(d, w, t)[0])
+    elif isinstance(spec, ResNetSpec):
+        bm = resnet_block_masses(spec)
+        out["nn_mass"] = float(sum(bm))
+        out["nn_mass_per_block"] = bm
+    else:
+        bm = mobilenetv2_block_masses(spec)
+        out["nn_mass"] = float(sum(bm))
+        out["nn_mass_per_block"] = bm
+    out["params"] = int(sum(x.params for x in layers))
+    out["macs"] = int(sum(x.macs for x in layers))
+    out["layers"] = len([x for x in layers if x.macs > 0])
+    out["bytes_weights"] = int(sum(x.bytes_weights for x in layers))
+    out["bytes_activations"] = int(sum(x.bytes_in + x.bytes_out for x in layers))
+    return out
