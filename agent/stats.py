@@ -1,0 +1,83 @@
+"""Summary statistics of latency samples (standard library only, so the controller can reuse it).
+
+- percentiles use linear interpolation between order statistics (numpy's default, "type 7");
+- ``std`` is the sample standard deviation (n - 1 in the denominator; 0.0 for one sample);
+- the 95% confidence interval of the median is distribution-free: the order statistics
+  ``[x_(k), x_(n-k+1)]`` with the largest ``k`` such that
+  ``2 * P(Binomial(n, 1/2) <= k - 1) <= 0.05``. Its exact coverage ``1 - 2 * P(B <= k - 1)`` is
+  reported too. With fewer than 6 samples no such ``k`` exists; the interval is then ``[min, max]``
+  and the reported coverage (``1 - 2 / 2**n``) is below 95%.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+__all__ = ["percentile", "median_ci", "summarize"]
+
+
+def percentile(sorted_xs: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of already sorted data, linear interpolation."""
+    n = len(sorted_xs)
+    if n == 0:
+        raise ValueError("percentile of no data")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile {q} outside 0..100")
+    pos = (n - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return float(sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * frac)
+
+
+def _binom_half_cdf(n: int) -> List[float]:
+    """cdf[k] = P(Binomial(n, 1/2) <= k) for k = 0..n, computed in log space (fine for large n)."""
+    log_half_n = -n * math.log(2.0)
+    cdf: List[float] = []
+    acc = 0.0
+    for k in range(n + 1):
+        logp = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + log_half_n
+        acc += math.exp(logp)
+        cdf.append(min(acc, 1.0))
+    return cdf
+
+
+def median_ci(sorted_xs: Sequence[float], confidence: float = 0.95) -> Tuple[float, float, float]:
+    """Distribution-free CI of the median from order statistics: ``(lo, hi, coverage)``."""
+    n = len(sorted_xs)
+    if n == 0:
+        raise ValueError("median CI of no data")
+    alpha = 1.0 - confidence
+    cdf = _binom_half_cdf(n)
+    best_k = 1  # 1-based rank; k = 1 gives [min, max]
+    for k in range(1, n // 2 + 1):
+        if 2.0 * cdf[k - 1] <= alpha:
+            best_k = k
+        else:
+            break
+    coverage = 1.0 - 2.0 * cdf[best_k - 1]
+    return float(sorted_xs[best_k - 1]), float(sorted_xs[n - best_k]), coverage
+
+
+def summarize(samples: Sequence[float]) -> Dict[str, object]:
+    """The summary fields of a measurement record (names carry the unit: ms)."""
+    xs = sorted(float(x) for x in samples)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no samples")
+    mean = math.fsum(xs) / n
+    var = math.fsum((x - mean) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
+    lo, hi, coverage = median_ci(xs)
+    return {
+        "latency_ms_median": percentile(xs, 50.0),
+        "latency_ms_mean": mean,
+        "latency_ms_p90": percentile(xs, 90.0),
+        "latency_ms_p99": percentile(xs, 99.0),
+        "latency_ms_std": math.sqrt(var),
+        "latency_ms_min": xs[0],
+        "latency_ms_max": xs[-1],
+        "latency_ms_ci95": [lo, hi],
+        "latency_ms_ci95_coverage": coverage,
+        "n_samples": n,
+    }
