@@ -1,0 +1,77 @@
+"""The project's exception hierarchy.
+
+Every error nnflash raises on purpose derives from :class:`NnflashError`; the CLI turns one into a
+single clear line and a non-zero exit code (a traceback only with ``--debug``). Subclasses also
+derive from the natural built-in, so ``except ValueError`` in caller code still works.
+
+This module must stay dependency-free: ``models/``, ``calibration/`` and ``agent/``-adjacent code
+import it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "NnflashError",
+    "SpecError",
+    "ConfigError",
+    "InventoryError",
+    "TransportError",
+    "RequestTimeout",
+    "HostKeyError",
+    "StoreError",
+    "ExportError",
+    "MeasurementError",
+    "CostModelError",
+]
+
+
+class NnflashError(Exception):
+    """Root of every deliberate nnflash error."""
+
+
+class SpecError(NnflashError, ValueError):
+    """An architecture spec is invalid (bad field, inconsistent wiring, unknown family)."""
+
+
+class ConfigError(NnflashError, ValueError):
+    """A configuration file or option is invalid."""
+
+
+class InventoryError(ConfigError):
+    """The device inventory is invalid, or a device is unknown / duplicated."""
+
+
+class TransportError(NnflashError, ConnectionError):
+    """A device could not be reached, the connection dropped, or a request timed out.
+
+    ``request_id`` names the request that was in flight when it happened (None if none): its result
+    may still be in the device's journal (ask with the ``results`` verb after reconnecting).
+    """
+
+    request_id: Optional[str] = None
+
+
+class RequestTimeout(TransportError, TimeoutError):
+    """A request got no answer within its ``timeout_s`` (the connection may still be usable)."""
+
+
+class HostKeyError(TransportError):
+    """A device's SSH host key is unknown (and not accepted) or has changed."""
+
+
+class StoreError(NnflashError):
+    """The results database cannot be opened, migrated or written."""
+
+
+class ExportError(NnflashError):
+    """A model could not be exported to an artifact (ONNX, TFLite)."""
+
+
+class MeasurementError(NnflashError):
+    """A measurement could not be made or its result is unusable."""
+
+
+class CostModelError(NnflashError, ValueError):
+    """A cost model is misused (unfitted, bad input) or a saved model cannot be loaded."""

@@ -1,0 +1,615 @@
+"""The results database: one SQLite file (WAL mode), the host's system of record.
+
+Tables: ``specs``, ``artifacts``, ``devices`` (facts snapshots), ``campaigns``, ``measurements``,
+``cost_models``. Every write is its own committed transaction (``synchronous=FULL``), so an
+interrupted campaign loses nothing that was stored.
+
+No measurement is stored twice:
+
+* ``measurements.request_id`` is UNIQUE: the same agent response (say, fetched again from the
+  device's journal after a reconnect) is ignored the second time;
+* at most one ``ok`` row per (spec_id, device, runtime, threads) (a partial unique index): a rerun
+  that races another one cannot store a second success. Failed rows accumulate (they count towards
+  the retry limit, see :meth:`Store.failure_count`).
+
+Schema versioning: ``PRAGMA user_version`` holds the number of migrations applied;
+:data:`MIGRATIONS` is the explicit, append-only list of migration functions. Opening a database
+applies the missing ones inside one transaction (SQLite DDL is transactional), refuses a newer
+schema with a clear error, and refuses a non-empty SQLite file that is not an nnflash database.
+Opening never drops or rewrites data.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+from controller.errors import StoreError
+
+__all__ = [
+    "Store",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "APPLICATION_ID",
+    "DEFAULT_DB_NAME",
+    "EXPORT_COLUMNS",
+    "write_csv",
+    "write_jsonl",
+]
+
+DEFAULT_DB_NAME = "nnflash.db"
+APPLICATION_ID = 0x6E6E666C  # "nnfl"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE specs (
+            spec_id TEXT PRIMARY KEY,
+            family TEXT NOT NULL,
+            json TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE artifacts (
+            sha256 TEXT PRIMARY KEY,
+            spec_id TEXT NOT NULL,
+            format TEXT NOT NULL,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            exporter TEXT,
+            versions_json TEXT,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX artifacts_by_spec ON artifacts(spec_id, format)")
+    db.execute(
+        """CREATE TABLE devices (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            facts_json TEXT NOT NULL,
+            seen_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX devices_by_name ON devices(name, id)")
+    db.execute(
+        """CREATE TABLE campaigns (
+            id INTEGER PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            args_json TEXT NOT NULL,
+            status TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE measurements (
+            id INTEGER PRIMARY KEY,
+            campaign_id INTEGER REFERENCES campaigns(id),
+            spec_id TEXT NOT NULL,
+            device TEXT NOT NULL,
+            runtime TEXT NOT NULL,
+            threads INTEGER,
+            request_id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            error TEXT,
+            latency_ms_median REAL,
+            latency_ms_mean REAL,
+            latency_ms_p90 REAL,
+            energy_mj REAL,
+            samples_json TEXT,
+            summary_json TEXT,
+            state_json TEXT,
+            energy_json TEXT,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        "CREATE INDEX measurements_by_key"
+        " ON measurements(spec_id, device, runtime, threads, status)"
+    )
+    # At most one successful measurement per (spec, device, runtime, threads); NULL threads count
+    # as one.
+    db.execute(
+        "CREATE UNIQUE INDEX measurements_one_ok ON measurements"
+        "(spec_id, device, runtime, IFNULL(threads, -1)) WHERE status = 'ok'"
+    )
+    db.execute("CREATE INDEX measurements_by_campaign ON measurements(campaign_id)")
+    db.execute(
+        """CREATE TABLE cost_models (
+            id INTEGER PRIMARY KEY,
+            device TEXT NOT NULL,
+            runtime TEXT NOT NULL,
+            threads INTEGER,
+            json TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX cost_models_by_key ON cost_models(device, runtime, threads, id)")
+
+
+#: Append-only. Migration ``i`` (1-based) takes a database at ``user_version = i - 1`` to ``i``.
+MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migration_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Columns of ``nnflash results --csv/--json`` (in this order).
+EXPORT_COLUMNS = (
+    "id",
+    "campaign_id",
+    "spec_id",
+    "device",
+    "runtime",
+    "threads",
+    "status",
+    "latency_ms_median",
+    "latency_ms_mean",
+    "latency_ms_p90",
+    "energy_mj",
+    "error",
+    "request_id",
+    "created_at",
+)
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _dumps(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _loads(text: Optional[str]) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Store:
+    """An open results database. Thread-safe: one connection guarded by a lock; several ``Store``
+    objects (threads or processes) may open the same file, WAL + a busy timeout serialise
+    writers."""
+
+    def __init__(
+        self,
+        path: os.PathLike[str] | str,
+        *,
+        readonly: bool = False,
+        migrations: Optional[Sequence[Callable[[sqlite3.Connection], None]]] = None,
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._migrations = list(MIGRATIONS if migrations is None else migrations)
+        self._lock = threading.RLock()
+        self._db = self._connect()
+        try:
+            self._check_and_migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # ---- opening
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly and not self.path.exists():
+            raise StoreError(f"results database {self.path} does not exist")
+        if not self.readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from None
+        try:
+            if self.readonly:
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                db = sqlite3.connect(
+                    uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+                )
+            else:
+                db = sqlite3.connect(
+                    str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open results database {self.path}: {exc}") from None
+        db.isolation_level = None  # autocommit; explicit BEGIN for multi-statement writes
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not self.readonly:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                self.journal_mode = str(mode).lower()
+                db.execute("PRAGMA synchronous = FULL")
+            else:
+                self.journal_mode = str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(f"{self.path} is not an nnflash results database ({exc})") from None
+        return db
+
+    def _check_and_migrate(self) -> None:
+        db = self._db
+        supported = len(self._migrations)
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+        if version > supported:
+            raise StoreError(
+                f"results database {self.path} has schema version {version}, newer than this "
+                f"nnflash supports ({supported}); upgrade nnflash (the file was left untouched)"
+            )
+        if app_id not in (0, APPLICATION_ID):
+            raise StoreError(f"{self.path} is an SQLite database of another application")
+        if version == supported:
+            return
+        if self.readonly:
+            raise StoreError(
+                f"results database {self.path} has schema version {version}; open it read-write "
+                f"once to migrate it to {supported}"
+            )
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # re-read under the write lock: another process may have migrated meanwhile
+                version = int(db.execute("PRAGMA user_version").fetchone()[0])
+                if version == 0:
+                    tables = db.execute(
+                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                    ).fetchone()[0]
+                    if tables:
+                        raise StoreError(
+                            f"{self.path} is an SQLite database with tables but no nnflash schema "
+                            "version; refusing to touch it"
+                        )
+                for index in range(version, supported):
+                    self._migrations[index](db)
+                    db.execute(f"PRAGMA user_version = {index + 1}")
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                db.execute("COMMIT")
+            except BaseException as exc:
+                db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(
+                        f"cannot migrate results database {self.path}: {exc}"
+                    ) from None
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- low level
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise StoreError(f"results database {self.path}: {exc}") from None
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"results database {self.path}: {exc}") from None
+
+    # ---- specs
+
+    def add_spec(self, spec_id: str, family: str, spec_json: str | Mapping[str, Any]) -> bool:
+        """Store a spec (canonical JSON text or a dict). Returns False if it was already stored."""
+        text = spec_json if isinstance(spec_json, str) else _dumps(spec_json)
+        cur = self._execute(
+            "INSERT OR IGNORE INTO specs(spec_id, family, json, created_at) VALUES (?, ?, ?, ?)",
+            (spec_id, family, text, utc_now()),
+        )
+        return cur.rowcount == 1
+
+    def get_spec(self, spec_id: str) -> Optional[Dict[str, Any]]:
+        rows = self._query("SELECT * FROM specs WHERE spec_id = ?", (spec_id,))
+        return dict(rows[0]) if rows else None
+
+    def spec_ids(self) -> List[str]:
+        return [r[0] for r in self._query("SELECT spec_id FROM specs ORDER BY created_at, spec_id")]
+
+    # ---- artifacts
+
+    def add_artifact(
+        self,
+        sha256: str,
+        spec_id: str,
+        fmt: str,
+        path: os.PathLike[str] | str,
+        size: int,
+        exporter: Optional[str] = None,
+        versions: Optional[Mapping[str, Any]] = None,
+    ) -> bool:
+        """Record an exported file. Returns False if this sha256 was already recorded."""
+        cur = self._execute(
+            "INSERT OR IGNORE INTO artifacts(sha256, spec_id, format, path, size, exporter,"
+            " versions_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (sha256, spec_id, fmt, str(path), int(size), exporter, _dumps(versions), utc_now()),
+        )
+        return cur.rowcount == 1
+
+    def find_artifact(self, spec_id: str, fmt: str) -> Optional[Dict[str, Any]]:
+        """The newest artifact of ``spec_id`` in format ``fmt`` (``versions`` decoded), or None."""
+        rows = self._query(
+            "SELECT * FROM artifacts WHERE spec_id = ? AND format = ?"
+            " ORDER BY created_at DESC LIMIT 1",
+            (spec_id, fmt),
+        )
+        if not rows:
+            return None
+        out = dict(rows[0])
+        out["versions"] = _loads(out.pop("versions_json"))
+        return out
+
+    # ---- devices
+
+    def add_device_facts(self, name: str, facts: Mapping[str, Any]) -> int:
+        """Append a facts snapshot (what ``hello`` reported); returns its row id."""
+        cur = self._execute(
+            "INSERT INTO devices(name, facts_json, seen_at) VALUES (?, ?, ?)",
+            (name, _dumps(dict(facts)), utc_now()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def latest_device_facts(self, name: str) -> Optional[Dict[str, Any]]:
+        rows = self._query(
+            "SELECT facts_json FROM devices WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)
+        )
+        return _loads(rows[0][0]) if rows else None
+
+    # ---- campaigns
+
+    def create_campaign(self, args: Mapping[str, Any], status: str = "running") -> int:
+        cur = self._execute(
+            "INSERT INTO campaigns(created_at, args_json, status) VALUES (?, ?, ?)",
+            (utc_now(), _dumps(dict(args)), status),
+        )
+        return int(cur.lastrowid or 0)
+
+    def set_campaign_status(self, campaign_id: int, status: str) -> None:
+        cur = self._execute("UPDATE campaigns SET status = ? WHERE id = ?", (status, campaign_id))
+        if cur.rowcount != 1:
+            raise StoreError(f"no campaign with id {campaign_id}")
+
+    def get_campaign(self, campaign_id: int) -> Optional[Dict[str, Any]]:
+        rows = self._query("SELECT * FROM campaigns WHERE id = ?", (campaign_id,))
+        if not rows:
+            return None
+        out = dict(rows[0])
+        out["args"] = _loads(out.pop("args_json"))
+        return out
+
+    # ---- measurements
+
+    def add_measurement(
+        self,
+        *,
+        spec_id: str,
+        device: str,
+        runtime: str,
+        threads: Optional[int],
+        request_id: str,
+        status: str,
+        error: Optional[str] = None,
+        campaign_id: Optional[int] = None,
+        latency_ms_median: Optional[float] = None,
+        latency_ms_mean: Optional[float] = None,
+        latency_ms_p90: Optional[float] = None,
+        energy_mj: Optional[float] = None,
+        samples: Optional[Any] = None,
+        summary: Optional[Mapping[str, Any]] = None,
+        state: Optional[Mapping[str, Any]] = None,
+        energy: Optional[Mapping[str, Any]] = None,
+    ) -> bool:
+        """Store one measurement (committed at once). Returns True if stored, False if it was a
+        duplicate: the same ``request_id`` already stored, or an ``ok`` row already exists for this
+        (spec_id, device, runtime, threads)."""
+        if not request_id:
+            raise StoreError("a measurement needs a request_id")
+        if not status:
+            raise StoreError("a measurement needs a status")
+        params = (
+            campaign_id,
+            spec_id,
+            device,
+            runtime,
+            threads,
+            request_id,
+            status,
+            error,
+            _num(latency_ms_median),
+            _num(latency_ms_mean),
+            _num(latency_ms_p90),
+            _num(energy_mj),
+            _dumps(samples),
+            _dumps(summary),
+            _dumps(state),
+            _dumps(energy),
+            utc_now(),
+        )
+        cur = self._execute(
+            "INSERT OR IGNORE INTO measurements(campaign_id, spec_id, device, runtime, threads,"
+            " request_id, status, error, latency_ms_median, latency_ms_mean, latency_ms_p90,"
+            " energy_mj, samples_json, summary_json, state_json, energy_json, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            params,
+        )
+        return cur.rowcount == 1
+
+    def has_request(self, request_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM measurements WHERE request_id = ?", (request_id,)))
+
+    def is_done(self, spec_id: str, device: str, runtime: str, threads: Optional[int]) -> bool:
+        """Whether an ``ok`` measurement exists for this key (``threads=None`` matches NULL)."""
+        return bool(
+            self._query(
+                "SELECT 1 FROM measurements WHERE spec_id = ? AND device = ? AND runtime = ?"
+                " AND threads IS ? AND status = 'ok' LIMIT 1",
+                (spec_id, device, runtime, threads),
+            )
+        )
+
+    def done_spec_ids(self, device: str, runtime: str, threads: Optional[int]) -> set[str]:
+        """Spec ids measured ``ok`` on this (device, runtime, threads): for skipping in bulk."""
+        rows = self._query(
+            "SELECT DISTINCT spec_id FROM measurements WHERE device = ? AND runtime = ?"
+            " AND threads IS ? AND status = 'ok'",
+            (device, runtime, threads),
+        )
+        return {r[0] for r in rows}
+
+    def failure_count(self, spec_id: str, device: str, runtime: str, threads: Optional[int]) -> int:
+        """Number of stored failed (status != 'ok') attempts for this key."""
+        rows = self._query(
+            "SELECT count(*) FROM measurements WHERE spec_id = ? AND device = ? AND runtime = ?"
+            " AND threads IS ? AND status != 'ok'",
+            (spec_id, device, runtime, threads),
+        )
+        return int(rows[0][0])
+
+    def failure_counts(self, device: str, runtime: str, threads: Optional[int]) -> Dict[str, int]:
+        """``{spec_id: failed attempts}`` on this (device, runtime, threads)."""
+        rows = self._query(
+            "SELECT spec_id, count(*) FROM measurements WHERE device = ? AND runtime = ?"
+            " AND threads IS ? AND status != 'ok' GROUP BY spec_id",
+            (device, runtime, threads),
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    def get_measurement(self, request_id: str) -> Optional[Dict[str, Any]]:
+        rows = self._query("SELECT * FROM measurements WHERE request_id = ?", (request_id,))
+        return _decode_measurement(rows[0]) if rows else None
+
+    def measurements(
+        self,
+        *,
+        campaign_id: Optional[int] = None,
+        device: Optional[str] = None,
+        status: Optional[str] = None,
+        full: bool = False,
+    ) -> List[Dict[str, Any]]:
+        """Measurement rows, oldest first. ``full=True`` includes the decoded JSON columns
+        (``samples``, ``summary``, ``state``, ``energy``); otherwise only :data:`EXPORT_COLUMNS`."""
+        where: List[str] = []
+        params: List[Any] = []
+        if campaign_id is not None:
+            where.append("campaign_id = ?")
+            params.append(campaign_id)
+        if device is not None:
+            where.append("device = ?")
+            params.append(device)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        cols = "*" if full else ", ".join(EXPORT_COLUMNS)
+        sql = f"SELECT {cols} FROM measurements"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        rows = self._query(sql, params)
+        if full:
+            return [_decode_measurement(r) for r in rows]
+        return [dict(r) for r in rows]
+
+    def export_rows(self, **filters: Any) -> List[Dict[str, Any]]:
+        """Rows for ``nnflash results --json|--csv`` (columns :data:`EXPORT_COLUMNS`)."""
+        return self.measurements(full=False, **filters)
+
+    def count_measurements(self, status: Optional[str] = None) -> int:
+        if status is None:
+            return int(self._query("SELECT count(*) FROM measurements")[0][0])
+        return int(
+            self._query("SELECT count(*) FROM measurements WHERE status = ?", (status,))[0][0]
+        )
+
+    # ---- cost models
+
+    def add_cost_model(
+        self,
+        device: str,
+        runtime: str,
+        threads: Optional[int],
+        model_json: str | Mapping[str, Any],
+    ) -> int:
+        text = model_json if isinstance(model_json, str) else _dumps(model_json)
+        cur = self._execute(
+            "INSERT INTO cost_models(device, runtime, threads, json, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (device, runtime, threads, text, utc_now()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def latest_cost_model(
+        self, device: str, runtime: str, threads: Optional[int]
+    ) -> Optional[Dict[str, Any]]:
+        """The newest cost model's row for this key (``json`` is the saved model text), or None."""
+        rows = self._query(
+            "SELECT * FROM cost_models WHERE device = ? AND runtime = ? AND threads IS ?"
+            " ORDER BY id DESC LIMIT 1",
+            (device, runtime, threads),
+        )
+        return dict(rows[0]) if rows else None
+
+
+def _num(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    out = float(value)
+    if out != out or out in (float("inf"), float("-inf")):
+        return None
+    return out
+
+
+def _decode_measurement(row: sqlite3.Row) -> Dict[str, Any]:
+    out = dict(row)
+    for key in ("samples", "summary", "state", "energy"):
+        out[key] = _loads(out.pop(f"{key}_json"))
+    return out
+
+
+# ---- exports
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], fh: IO[str]) -> int:
+    """Write export rows as CSV (header = :data:`EXPORT_COLUMNS`); returns the number of rows."""
+    writer = csv.DictWriter(fh, fieldnames=list(EXPORT_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    n = 0
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in EXPORT_COLUMNS})
+        n += 1
+    return n
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], fh: IO[str]) -> int:
+    """Write export rows as JSON lines; returns the number of rows."""
+    n = 0
+    for row in rows:
+        fh.write(json.dumps(dict(row), sort_keys=False) + "\n")
+        n += 1
+    return n
+
+
+def rows_to_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    write_csv(rows, buf)
+    return buf.getvalue()

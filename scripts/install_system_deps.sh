@@ -1,0 +1,27 @@
+#!/bin/sh
+# Install the system packages nnflash's integration tests need (Debian/Ubuntu):
+#   openssh-server  -> /usr/sbin/sshd, started by tests/integration on a loopback port
+#   iproute2        -> `ip netns` for tests that give a host its own address
+# Idempotent: does nothing when everything is already installed. Needs root (or sudo).
+set -eu
+
+missing=""
+[ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
+command -v ssh-keygen >/dev/null 2>&1 || missing="$missing openssh-client"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+
+if [ -z "$missing" ]; then
+    echo "install_system_deps: nothing to do"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+echo "install_system_deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update
+# shellcheck disable=SC2086
+$SUDO apt-get install -y --no-install-recommends $missing
