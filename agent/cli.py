@@ -92,9 +92,7 @@ def _measure_options(ns: argparse.Namespace) -> Dict[str, Any]:
         try:
             raw["affinity"] = [int(c) for c in ns.affinity.split(",") if c.strip()]
         except ValueError:
-            raise UsageError(
-                f"--affinity: expected CPU ids like 0,1, got {ns.affinity!r}"
-            ) from None
+            raise UsageError(f"--affinity: expected CPU ids like 0,1, got {ns.affinity!r}") from None
     raw["energy"] = ns.energy
     eopts = {}
     for item in ns.energy_option:

@@ -246,12 +246,7 @@ def run_measurement(
         inputs = runner.input_specs()
         runner.prepare(int(opts.get("seed", 0)))
     except Exception as exc:
-        raise MeasurementFailed(
-            RUNTIME_ERROR, f"cannot build inputs: {type(exc).__name__}: {exc}"
-        ) from None
-
-    if opts.get("_test_fault"):
-        _test_fault(opts["_test_fault"])
+        raise MeasurementFailed(RUNTIME_ERROR, f"cannot build inputs: {type(exc).__name__}: {exc}") from None
 
     # thermal gate, then the state the run starts from
     gate = None
@@ -263,6 +258,8 @@ def run_measurement(
 
     run = runner.run
     try:
+        if opts.get("_test_fault"):
+            _test_fault(opts["_test_fault"])
         # 2. first inference
         first_ns = _timed_calls(run, 1)
         # 3. warm-up
@@ -365,9 +362,7 @@ def run_measurement(
             "threads": opts.get("threads"),
             "affinity": opts.get("affinity"),
             "seed": int(opts.get("seed", 0)),
-            "inputs": [
-                {"name": s["name"], "shape": s["shape"], "dtype": s["dtype"]} for s in inputs
-            ],
+            "inputs": [{"name": s["name"], "shape": s["shape"], "dtype": s["dtype"]} for s in inputs],
             "thermal_gate": gate,
             "state_before": state_before,
             "state_after": state_after,
@@ -381,9 +376,7 @@ def run_measurement(
     return record
 
 
-def _energy_record(
-    meter: Any, trace: Any, w0: float, w1: float, inferences: int, idle: Any
-) -> Dict[str, Any]:
+def _energy_record(meter: Any, trace: Any, w0: float, w1: float, inferences: int, idle: Any) -> Dict[str, Any]:
     window_s = w1 - w0
     gross_j = trace.energy_j(w0, w1)
     rec: Dict[str, Any] = meter.describe()
@@ -413,7 +406,5 @@ def _energy_record(
         rec["idle_samples"] = itrace.samples_in(i0, i1)
         if p_idle is not None:
             rec["power_w_idle"] = p_idle
-            rec["energy_mj_per_inference_above_idle"] = (
-                (gross_j - p_idle * window_s) * 1e3 / inferences
-            )
+            rec["energy_mj_per_inference_above_idle"] = (gross_j - p_idle * window_s) * 1e3 / inferences
     return rec

@@ -127,10 +127,7 @@ def json_safe(obj: Any) -> Any:
 
 def encode(msg: Dict[str, Any]) -> bytes:
     """Compact JSON, UTF-8, terminated by one newline. NaN/Infinity are refused (not JSON)."""
-    return (
-        json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-        + b"\n"
-    )
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
 
 
 def decode(line: bytes | str) -> Dict[str, Any]:
@@ -184,8 +181,7 @@ def validate_request(msg: Any) -> Tuple[str, str, Dict[str, Any]]:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
             VERSION_MISMATCH,
-            f"protocol version mismatch: request speaks v{version}, "
-            f"this agent speaks v{PROTOCOL_VERSION}",
+            f"protocol version mismatch: request speaks v{version}, this agent speaks v{PROTOCOL_VERSION}",
             rid,
         )
     if "verb" not in msg:
@@ -194,9 +190,7 @@ def validate_request(msg: Any) -> Tuple[str, str, Dict[str, Any]]:
     if not isinstance(verb, str):
         raise ProtocolError(BAD_REQUEST, "field 'verb' must be a string", rid)
     if verb not in VERBS:
-        raise ProtocolError(
-            UNKNOWN_VERB, f"unknown verb {verb[:50]!r} (known: {', '.join(VERBS)})", rid
-        )
+        raise ProtocolError(UNKNOWN_VERB, f"unknown verb {verb[:50]!r} (known: {', '.join(VERBS)})", rid)
     args = msg.get("args")
     if args is None:
         args = {}

@@ -120,21 +120,13 @@ class Agent:
         if verb == "results":
             ids = args.get("ids")
             _only(args, {"ids"})
-            if (
-                not isinstance(ids, list)
-                or len(ids) > MAX_IDS
-                or not all(isinstance(i, str) for i in ids)
-            ):
-                raise ProtocolError(
-                    BAD_REQUEST, f"'ids' must be a list of at most {MAX_IDS} strings"
-                )
+            if not isinstance(ids, list) or len(ids) > MAX_IDS or not all(isinstance(i, str) for i in ids):
+                raise ProtocolError(BAD_REQUEST, f"'ids' must be a list of at most {MAX_IDS} strings")
             return {"results": self.journal.lookup(ids)}
         if verb == "cleanup":
             _only(args, {"sha256"})
             shas = args.get("sha256")
-            if shas is not None and (
-                not isinstance(shas, list) or not all(isinstance(s, str) for s in shas)
-            ):
+            if shas is not None and (not isinstance(shas, list) or not all(isinstance(s, str) for s in shas)):
                 raise ProtocolError(BAD_REQUEST, "'sha256' must be a list of strings")
             return {"removed": self.store.remove(shas)}
         if verb == "bye":
@@ -158,9 +150,7 @@ class Agent:
         if runtime not in RUNTIMES:
             raise ProtocolError(BAD_REQUEST, f"'runtime' must be one of {', '.join(RUNTIMES)}", rid)
         if RUNTIME_FORMATS[runtime] != ref["format"]:
-            raise ProtocolError(
-                BAD_REQUEST, f"runtime {runtime} cannot run a .{ref['format']} artifact", rid
-            )
+            raise ProtocolError(BAD_REQUEST, f"runtime {runtime} cannot run a .{ref['format']} artifact", rid)
         raw = {k: v for k, v in args.items() if k not in ("artifact", "runtime")}
         opts = parse_options(raw, allow_test_hooks=self.allow_test_hooks)
         try:

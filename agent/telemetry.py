@@ -310,9 +310,7 @@ class Telemetry:
             state["mem_available_bytes"] = None
         return state
 
-    def wait_cool(
-        self, threshold_c: float, max_wait_s: float, poll_s: float = 0.5
-    ) -> Dict[str, Any]:
+    def wait_cool(self, threshold_c: float, max_wait_s: float, poll_s: float = 0.5) -> Dict[str, Any]:
         """Thermal gate: wait (at most ``max_wait_s``) until the hottest zone < ``threshold_c``.
 
         Returns ``{"waited_s", "temp_c", "timed_out"}``; with no thermal zone it returns at once
@@ -329,9 +327,7 @@ class Telemetry:
             time.sleep(min(poll_s, max(0.0, max_wait_s - waited)) or poll_s)
 
 
-def compare_states(
-    before: Dict[str, Any], after: Dict[str, Any], freq_tol: float = 0.01
-) -> List[str]:
+def compare_states(before: Dict[str, Any], after: Dict[str, Any], freq_tol: float = 0.01) -> List[str]:
     """Flags for a run from the states around it (REFERENCE.md section 3):
 
     - ``throttled``: a "now" throttling bit (0-3) was set before or after, or a "since boot" bit
@@ -366,12 +362,7 @@ def compare_states(
             changed = True
     if changed:
         flags.append("freq_changed")
-    governors = {
-        p.get("governor")
-        for s in (before, after)
-        for p in (s.get("cpufreq") or [])
-        if p.get("governor")
-    }
+    governors = {p.get("governor") for s in (before, after) for p in (s.get("cpufreq") or []) if p.get("governor")}
     if governors and governors != {"performance"}:
         flags.append("governor_not_performance")
     return flags

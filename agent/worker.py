@@ -90,8 +90,7 @@ def run_isolated(job: Dict[str, Any], timeout_s: float) -> Tuple[str, Optional[s
         detail = _tail(err)
         return (
             CRASHED,
-            f"measurement worker killed by {name}{hint}"
-            + (f"; stderr: {detail}" if detail else ""),
+            f"measurement worker killed by {name}{hint}" + (f"; stderr: {detail}" if detail else ""),
             None,
         )
     try:
@@ -102,8 +101,7 @@ def run_isolated(job: Dict[str, Any], timeout_s: float) -> Tuple[str, Optional[s
         return (
             CRASHED,
             f"measurement worker exited with code {rc} after "
-            f"{time.monotonic() - started:.1f} s without an answer"
-            + (f"; stderr: {detail}" if detail else ""),
+            f"{time.monotonic() - started:.1f} s without an answer" + (f"; stderr: {detail}" if detail else ""),
             None,
         )
     if isinstance(result, dict):

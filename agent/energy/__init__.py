@@ -60,9 +60,7 @@ def make_meter(name: Optional[str], options: Optional[Dict[str, Any]] = None) ->
     allowed = sorted(p for p in params if p not in ("self", "bus"))
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise MeterError(
-            f"{name}: unknown option(s) {', '.join(unknown)} (allowed: {', '.join(allowed)})"
-        )
+        raise MeterError(f"{name}: unknown option(s) {', '.join(unknown)} (allowed: {', '.join(allowed)})")
     for key, value in options.items():
         if not isinstance(value, (int, float, str, bool, list)) or value is None:
             raise MeterError(f"{name}: option {key!r} has an unsupported type")

@@ -45,9 +45,7 @@ def ina219_calibration(current_lsb_a: float, r_shunt_ohm: float) -> int:
     """Calibration register value (datasheet equation 1)."""
     cal = math.trunc(0.04096 / (current_lsb_a * r_shunt_ohm))
     if not 1 <= cal <= 0xFFFE:
-        raise MeterError(
-            f"ina219: calibration {cal} out of range; choose another max current / shunt"
-        )
+        raise MeterError(f"ina219: calibration {cal} out of range; choose another max current / shunt")
     return cal & 0xFFFE  # bit 0 is read-only / unused
 
 
@@ -135,9 +133,7 @@ class INA260:
     def setup(self) -> None:
         mfr = self.read_reg(self.REG_MANUFACTURER)
         if mfr != self.MANUFACTURER_TI:
-            raise MeterError(
-                f"ina260 at {self.address:#x}: manufacturer id {mfr:#06x}, expected 0x5449"
-            )
+            raise MeterError(f"ina260 at {self.address:#x}: manufacturer id {mfr:#06x}, expected 0x5449")
         die = self.read_reg(self.REG_DIE)
         if die >> 4 != 0x227:
             raise MeterError(f"ina260 at {self.address:#x}: die id {die:#06x}, expected 0x227x")
@@ -184,9 +180,7 @@ class _InaMeter(SamplingMeter):
         try:
             chip.setup()
         except OSError as exc:
-            raise MeterError(
-                f"{self.name}: no answer at i2c-{self.busnum} address {self.address:#x}: {exc}"
-            ) from None
+            raise MeterError(f"{self.name}: no answer at i2c-{self.busnum} address {self.address:#x}: {exc}") from None
         self.chip = chip
 
     def read_power_w(self) -> float:

@@ -63,9 +63,7 @@ def _read_int(path: str) -> Optional[int]:
 class RaplMeter(SamplingMeter):
     name = "rapl"
 
-    def __init__(
-        self, rate_hz: float = 50.0, root: str = "/", zones: Optional[List[str]] = None
-    ) -> None:
+    def __init__(self, rate_hz: float = 50.0, root: str = "/", zones: Optional[List[str]] = None) -> None:
         super().__init__(rate_hz)
         self.base = os.path.join(root, "sys/class/powercap")
         self.zone_filter = zones
@@ -75,9 +73,7 @@ class RaplMeter(SamplingMeter):
         if not os.path.isdir(self.base):
             raise MeterError(f"rapl: no powercap interface at {self.base}")
         paths = [
-            p
-            for p in sorted(glob.glob(os.path.join(self.base, "*rapl:*")))
-            if _TOP_ZONE.match(os.path.basename(p))
+            p for p in sorted(glob.glob(os.path.join(self.base, "*rapl:*"))) if _TOP_ZONE.match(os.path.basename(p))
         ]
         zones = [_Zone(p) for p in paths]
         if self.zone_filter:

@@ -48,9 +48,7 @@ class OnnxRuntimeRunner(Runner):
         if threads is not None:
             opts.intra_op_num_threads = int(threads)
         self.threads = threads
-        self._sess = ort.InferenceSession(
-            path, sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self._sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
     def input_specs(self) -> List[Dict[str, Any]]:
         specs = []
@@ -65,9 +63,7 @@ class OnnxRuntimeRunner(Runner):
         import numpy as np
 
         rng = np.random.default_rng(seed)
-        self._feed = {
-            s["name"]: random_array(rng, s["shape"], s["dtype"]) for s in self.input_specs()
-        }
+        self._feed = {s["name"]: random_array(rng, s["shape"], s["dtype"]) for s in self.input_specs()}
 
     def run(self) -> None:
         self._sess.run(None, self._feed)

@@ -28,9 +28,7 @@ def import_interpreter() -> Tuple[Any, str, str]:
         version = getattr(tflite_runtime, "__version__", None) or "?"
         return Interpreter, "tflite_runtime", version
     except ImportError:
-        raise RuntimeUnavailable(
-            "no TFLite runtime: install ai-edge-litert (or tflite-runtime)"
-        ) from None
+        raise RuntimeUnavailable("no TFLite runtime: install ai-edge-litert (or tflite-runtime)") from None
 
 
 class TfliteRunner(Runner):
