@@ -4,8 +4,9 @@ Every error nnflash raises on purpose derives from :class:`NnflashError`; the CL
 single clear line and a non-zero exit code (a traceback only with ``--debug``). Subclasses also
 derive from the natural built-in, so ``except ValueError`` in caller code still works.
 
-This module must stay dependency-free: ``models/``, ``calibration/`` and ``agent/``-adjacent code
-import it.
+The root, ``SpecError`` and ``ExportError`` are defined in :mod:`models.errors` (``models`` is the
+bottom of the host's dependency graph) and re-exported here, so there is exactly one
+``NnflashError`` class for the CLI to catch. The agent has its own errors (it carries no host code).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Optional
 __all__ = [
     "NnflashError",
     "SpecError",
+    "SpaceError",
     "ConfigError",
     "InventoryError",
     "TransportError",
@@ -27,12 +29,7 @@ __all__ = [
 ]
 
 
-class NnflashError(Exception):
-    """Root of every deliberate nnflash error."""
-
-
-class SpecError(NnflashError, ValueError):
-    """An architecture spec is invalid (bad field, inconsistent wiring, unknown family)."""
+from models.errors import ExportError, NnflashError, SpaceError, SpecError
 
 
 class ConfigError(NnflashError, ValueError):
@@ -63,10 +60,6 @@ class HostKeyError(TransportError):
 
 class StoreError(NnflashError):
     """The results database cannot be opened, migrated or written."""
-
-
-class ExportError(NnflashError):
-    """A model could not be exported to an artifact (ONNX, TFLite)."""
 
 
 class MeasurementError(NnflashError):

@@ -185,9 +185,7 @@ def _validate(dev: Device) -> None:
     except ValueError as exc:
         raise InventoryError(f"{where}: agent_command cannot be parsed: {exc}") from None
     if dev.runtime not in RUNTIMES:
-        raise InventoryError(
-            f"{where}: runtime must be one of {', '.join(RUNTIMES)}, not {dev.runtime!r}"
-        )
+        raise InventoryError(f"{where}: runtime must be one of {', '.join(RUNTIMES)}, not {dev.runtime!r}")
     if dev.threads is not None and (
         isinstance(dev.threads, bool) or not isinstance(dev.threads, int) or dev.threads < 1
     ):
@@ -375,9 +373,7 @@ def _ssh_config_lookup(ssh_config_path: Optional[Path], host: str) -> Dict[str, 
         try:
             out["port"] = int(found["port"])
         except ValueError:
-            raise InventoryError(
-                f"SSH config {path}: bad Port {found['port']!r} for host {host!r}"
-            ) from None
+            raise InventoryError(f"SSH config {path}: bad Port {found['port']!r} for host {host!r}") from None
     if found.get("user"):
         out["user"] = found["user"]
     identity = found.get("identityfile")
@@ -440,20 +436,16 @@ class Inventory:
         unknown = sorted(set(data) - {"devices"})
         if unknown:
             raise InventoryError(
-                f"inventory {p}: unknown top-level key(s) {', '.join(unknown)} "
-                "(expected [devices.NAME] tables)"
+                f"inventory {p}: unknown top-level key(s) {', '.join(unknown)} (expected [devices.NAME] tables)"
             )
         tables = data.get("devices", {})
         if not isinstance(tables, dict):
-            raise InventoryError(
-                f"inventory {p}: 'devices' must be a table of [devices.NAME] tables"
-            )
+            raise InventoryError(f"inventory {p}: 'devices' must be a table of [devices.NAME] tables")
         devices = []
         for name, table in tables.items():
             if name == LOCAL_DEVICE_NAME:
                 raise InventoryError(
-                    f"inventory {p}: '{LOCAL_DEVICE_NAME}' is the built-in device and cannot be "
-                    "redefined"
+                    f"inventory {p}: '{LOCAL_DEVICE_NAME}' is the built-in device and cannot be redefined"
                 )
             devices.append(cls._device_from_table(p, name, table))
         return cls(p, devices, ssh_config_path=ssh_cfg, python=python)
@@ -492,9 +484,7 @@ class Inventory:
         try:
             _atomic_write_text(self.path, self.to_toml())
         except OSError as exc:
-            raise InventoryError(
-                f"cannot write inventory {self.path}: {exc.strerror or exc}"
-            ) from None
+            raise InventoryError(f"cannot write inventory {self.path}: {exc.strerror or exc}") from None
         return self.path
 
     # ---- queries
@@ -552,8 +542,7 @@ class Inventory:
     def add(self, device: Device, *, replace: bool = False) -> Device:
         if device.name == LOCAL_DEVICE_NAME:
             raise InventoryError(
-                f"'{LOCAL_DEVICE_NAME}' is the built-in device and cannot be added or replaced; "
-                "choose another name"
+                f"'{LOCAL_DEVICE_NAME}' is the built-in device and cannot be added or replaced; choose another name"
             )
         if device.name in self._devices and not replace:
             raise InventoryError(
@@ -566,9 +555,7 @@ class Inventory:
 
     def remove(self, name: str) -> Device:
         if name == LOCAL_DEVICE_NAME:
-            raise InventoryError(
-                f"'{LOCAL_DEVICE_NAME}' is the built-in device and cannot be removed"
-            )
+            raise InventoryError(f"'{LOCAL_DEVICE_NAME}' is the built-in device and cannot be removed")
         if name not in self._devices:
             self.get(name)  # raises with the list of known devices
         return self._devices.pop(name)

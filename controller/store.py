@@ -42,6 +42,7 @@ __all__ = [
     "EXPORT_COLUMNS",
     "write_csv",
     "write_jsonl",
+    "measurement_fields",
 ]
 
 DEFAULT_DB_NAME = "nnflash.db"
@@ -110,10 +111,7 @@ def _migration_1(db: sqlite3.Connection) -> None:
             created_at TEXT NOT NULL
         )"""
     )
-    db.execute(
-        "CREATE INDEX measurements_by_key"
-        " ON measurements(spec_id, device, runtime, threads, status)"
-    )
+    db.execute("CREATE INDEX measurements_by_key ON measurements(spec_id, device, runtime, threads, status)")
     # At most one successful measurement per (spec, device, runtime, threads); NULL threads count
     # as one.
     db.execute(
@@ -207,13 +205,9 @@ class Store:
         try:
             if self.readonly:
                 uri = self.path.resolve().as_uri() + "?mode=ro"
-                db = sqlite3.connect(
-                    uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-                )
+                db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             else:
-                db = sqlite3.connect(
-                    str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-                )
+                db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open results database {self.path}: {exc}") from None
         db.isolation_level = None  # autocommit; explicit BEGIN for multi-statement writes
@@ -257,9 +251,7 @@ class Store:
                 # re-read under the write lock: another process may have migrated meanwhile
                 version = int(db.execute("PRAGMA user_version").fetchone()[0])
                 if version == 0:
-                    tables = db.execute(
-                        "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-                    ).fetchone()[0]
+                    tables = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
                     if tables:
                         raise StoreError(
                             f"{self.path} is an SQLite database with tables but no nnflash schema "
@@ -273,9 +265,7 @@ class Store:
             except BaseException as exc:
                 db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise StoreError(
-                        f"cannot migrate results database {self.path}: {exc}"
-                    ) from None
+                    raise StoreError(f"cannot migrate results database {self.path}: {exc}") from None
                 raise
 
     @property
@@ -315,7 +305,7 @@ class Store:
         """Store a spec (canonical JSON text or a dict). Returns False if it was already stored."""
         text = spec_json if isinstance(spec_json, str) else _dumps(spec_json)
         cur = self._execute(
-            "INSERT OR IGNORE INTO specs(spec_id, family, json, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO specs(spec_id, family, json, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (spec_id, family, text, utc_now()),
         )
         return cur.rowcount == 1
@@ -341,8 +331,8 @@ class Store:
     ) -> bool:
         """Record an exported file. Returns False if this sha256 was already recorded."""
         cur = self._execute(
-            "INSERT OR IGNORE INTO artifacts(sha256, spec_id, format, path, size, exporter,"
-            " versions_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO artifacts(sha256, spec_id, format, path, size, exporter,"
+            " versions_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (sha256, spec_id, fmt, str(path), int(size), exporter, _dumps(versions), utc_now()),
         )
         return cur.rowcount == 1
@@ -350,8 +340,7 @@ class Store:
     def find_artifact(self, spec_id: str, fmt: str) -> Optional[Dict[str, Any]]:
         """The newest artifact of ``spec_id`` in format ``fmt`` (``versions`` decoded), or None."""
         rows = self._query(
-            "SELECT * FROM artifacts WHERE spec_id = ? AND format = ?"
-            " ORDER BY created_at DESC LIMIT 1",
+            "SELECT * FROM artifacts WHERE spec_id = ? AND format = ? ORDER BY created_at DESC LIMIT 1",
             (spec_id, fmt),
         )
         if not rows:
@@ -371,9 +360,7 @@ class Store:
         return int(cur.lastrowid or 0)
 
     def latest_device_facts(self, name: str) -> Optional[Dict[str, Any]]:
-        rows = self._query(
-            "SELECT facts_json FROM devices WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)
-        )
+        rows = self._query("SELECT facts_json FROM devices WHERE name = ? ORDER BY id DESC LIMIT 1", (name,))
         return _loads(rows[0][0]) if rows else None
 
     # ---- campaigns
@@ -447,13 +434,36 @@ class Store:
             utc_now(),
         )
         cur = self._execute(
-            "INSERT OR IGNORE INTO measurements(campaign_id, spec_id, device, runtime, threads,"
+            "INSERT INTO measurements(campaign_id, spec_id, device, runtime, threads,"
             " request_id, status, error, latency_ms_median, latency_ms_mean, latency_ms_p90,"
             " energy_mj, samples_json, summary_json, state_json, energy_json, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            # only UNIQUE conflicts are ignored (request_id, one ok per key); NOT NULL and
+            # foreign-key violations still raise
+            " ON CONFLICT DO NOTHING",
             params,
         )
         return cur.rowcount == 1
+
+    def add_response(
+        self,
+        response: Mapping[str, Any],
+        *,
+        spec_id: str,
+        device: str,
+        runtime: str,
+        threads: Optional[int],
+        campaign_id: Optional[int] = None,
+    ) -> bool:
+        """Store an agent's ``measure`` response as it came (see :func:`measurement_fields`)."""
+        return self.add_measurement(
+            spec_id=spec_id,
+            device=device,
+            runtime=runtime,
+            threads=threads,
+            campaign_id=campaign_id,
+            **measurement_fields(response),
+        )
 
     def has_request(self, request_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM measurements WHERE request_id = ?", (request_id,)))
@@ -537,9 +547,7 @@ class Store:
     def count_measurements(self, status: Optional[str] = None) -> int:
         if status is None:
             return int(self._query("SELECT count(*) FROM measurements")[0][0])
-        return int(
-            self._query("SELECT count(*) FROM measurements WHERE status = ?", (status,))[0][0]
-        )
+        return int(self._query("SELECT count(*) FROM measurements WHERE status = ?", (status,))[0][0])
 
     # ---- cost models
 
@@ -552,22 +560,45 @@ class Store:
     ) -> int:
         text = model_json if isinstance(model_json, str) else _dumps(model_json)
         cur = self._execute(
-            "INSERT INTO cost_models(device, runtime, threads, json, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO cost_models(device, runtime, threads, json, created_at) VALUES (?, ?, ?, ?, ?)",
             (device, runtime, threads, text, utc_now()),
         )
         return int(cur.lastrowid or 0)
 
-    def latest_cost_model(
-        self, device: str, runtime: str, threads: Optional[int]
-    ) -> Optional[Dict[str, Any]]:
+    def latest_cost_model(self, device: str, runtime: str, threads: Optional[int]) -> Optional[Dict[str, Any]]:
         """The newest cost model's row for this key (``json`` is the saved model text), or None."""
         rows = self._query(
-            "SELECT * FROM cost_models WHERE device = ? AND runtime = ? AND threads IS ?"
-            " ORDER BY id DESC LIMIT 1",
+            "SELECT * FROM cost_models WHERE device = ? AND runtime = ? AND threads IS ? ORDER BY id DESC LIMIT 1",
             (device, runtime, threads),
         )
         return dict(rows[0]) if rows else None
+
+
+def measurement_fields(response: Mapping[str, Any]) -> Dict[str, Any]:
+    """Split a ``measure`` response (protocol v1, record of ``agent/measure.py``) into the columns
+    of :meth:`Store.add_measurement`: ``request_id``, ``status``, ``error``, the three latency
+    statistics, ``energy_mj`` (per inference, gross; None without a meter), ``samples``
+    (``samples_ms``), ``state`` (``{"before", "after"}``), ``energy`` (the meter's record) and
+    ``summary`` (everything else in the record)."""
+    result = response.get("result")
+    record: Dict[str, Any] = dict(result) if isinstance(result, Mapping) else {}
+    energy = record.pop("energy", None)
+    samples = record.pop("samples_ms", None)
+    state = {k: record.pop(f"state_{k}", None) for k in ("before", "after")}
+    energy_mj = energy.get("energy_mj_per_inference") if isinstance(energy, Mapping) else None
+    return {
+        "request_id": str(response.get("id") or ""),
+        "status": str(response.get("status") or ""),
+        "error": response.get("error"),
+        "latency_ms_median": record.get("latency_ms_median"),
+        "latency_ms_mean": record.get("latency_ms_mean"),
+        "latency_ms_p90": record.get("latency_ms_p90"),
+        "energy_mj": energy_mj,
+        "samples": samples,
+        "state": state if any(v is not None for v in state.values()) else None,
+        "energy": energy if isinstance(energy, Mapping) else None,
+        "summary": record or None,
+    }
 
 
 def _num(value: Any) -> Optional[float]:

@@ -175,8 +175,7 @@ class Connection(abc.ABC):
     def open(self) -> Dict[str, Any]:
         """Start the agent and say ``hello``; returns the hello result (``store_dir``,
         ``facts``...). Reconnects if called again after a drop."""
-        if self._dead is None:
-            self._shutdown(graceful=False)
+        self._shutdown(graceful=False)  # release a dropped (or open) session first
         self._stderr_tail.clear()
         self._start()
         self._dead = None
@@ -228,8 +227,7 @@ class Connection(abc.ABC):
                 raise self._error(f"connection lost while sending {verb} ({exc})", rid) from None
             if not pending.event.wait(timeout_s):
                 exc_t = RequestTimeout(
-                    f"device {self.name}: no answer to {verb} (request {rid}) "
-                    f"within {timeout_s:g} s"
+                    f"device {self.name}: no answer to {verb} (request {rid}) within {timeout_s:g} s"
                 )
                 exc_t.request_id = rid
                 raise exc_t
@@ -245,8 +243,7 @@ class Connection(abc.ABC):
         response = self.request("results", {"ids": list(ids)}, timeout_s=timeout_s)
         if response.get("status") != "ok":
             raise TransportError(
-                f"device {self.name}: results query failed: {response.get('status')}: "
-                f"{response.get('error')}"
+                f"device {self.name}: results query failed: {response.get('status')}: {response.get('error')}"
             )
         return dict((response.get("result") or {}).get("results") or {})
 
@@ -274,9 +271,7 @@ class Connection(abc.ABC):
         if check_local:
             actual = file_sha256(local)
             if actual != sha256:
-                raise ExportError(
-                    f"artifact {local} has sha256 {actual}, not {sha256} as recorded; re-export it"
-                )
+                raise ExportError(f"artifact {local} has sha256 {actual}, not {sha256} as recorded; re-export it")
         store = self.store_dir.rstrip("/")
         final = f"{store}/{sha256}.{fmt}"
         existing = self._remote_size(final)
@@ -380,9 +375,7 @@ class Connection(abc.ABC):
         return dict(result)
 
     def _start_reader(self, read: Callable[[], bytes], label: str) -> None:
-        t = threading.Thread(
-            target=self._reader_loop, args=(read,), name=f"nnflash-{self.name}-{label}", daemon=True
-        )
+        t = threading.Thread(target=self._reader_loop, args=(read,), name=f"nnflash-{self.name}-{label}", daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -440,9 +433,7 @@ class Connection(abc.ABC):
                     pending = self._pending.get(rid) if isinstance(rid, str) else None
                 if pending is None:
                     if msg.get("status") not in (None, "ok"):
-                        self._stderr_tail.append(
-                            f"unmatched response {rid!r}: {msg.get('status')}: {msg.get('error')}"
-                        )
+                        self._stderr_tail.append(f"unmatched response {rid!r}: {msg.get('status')}: {msg.get('error')}")
                     continue
                 pending.response = msg
                 pending.event.set()
@@ -486,8 +477,8 @@ def _repo_root_for_agent() -> Optional[Path]:
 class LocalConnection(Connection):
     """The agent as a subprocess of this machine (device kind ``local``).
 
-    ``store_dir`` (optional) is passed to the agent as ``--store DIR``; without it the agent uses
-    its default store.
+    ``store_dir`` and ``journal_path`` (optional) are passed to the agent as ``--store DIR`` and
+    ``--journal FILE``; without them the agent uses its defaults (under ``$XDG_CACHE_HOME``).
     """
 
     def __init__(
@@ -495,11 +486,13 @@ class LocalConnection(Connection):
         device: Device,
         *,
         store_dir: Optional[os.PathLike[str] | str] = None,
+        journal_path: Optional[os.PathLike[str] | str] = None,
         env: Optional[Dict[str, str]] = None,
         hello_timeout_s: float = 60.0,
     ) -> None:
         super().__init__(device, hello_timeout_s=hello_timeout_s)
         self.store_dir_option = Path(store_dir) if store_dir is not None else None
+        self.journal_path_option = Path(journal_path) if journal_path is not None else None
         self._env = env
         self._proc: Optional[subprocess.Popen[bytes]] = None
 
@@ -508,6 +501,8 @@ class LocalConnection(Connection):
         argv = self.device.agent_argv
         if self.store_dir_option is not None:
             argv += ["--store", str(self.store_dir_option)]
+        if self.journal_path_option is not None:
+            argv += ["--journal", str(self.journal_path_option)]
         return argv
 
     def _describe(self) -> str:
@@ -531,15 +526,12 @@ class LocalConnection(Connection):
             )
         except OSError as exc:
             raise TransportError(
-                f"device {self._describe()}: cannot start agent {self.argv[0]!r}: "
-                f"{exc.strerror or exc}"
+                f"device {self._describe()}: cannot start agent {self.argv[0]!r}: {exc.strerror or exc}"
             ) from None
         self._proc = proc
         assert proc.stdout is not None and proc.stderr is not None
         out, err = proc.stdout, proc.stderr
-        self._start_reader(
-            lambda: out.read1(65536) if hasattr(out, "read1") else out.read(1), "out"
-        )
+        self._start_reader(lambda: out.read1(65536) if hasattr(out, "read1") else out.read(1), "out")
         self._start_stderr_reader(lambda: err.read1(65536) if hasattr(err, "read1") else b"")
 
     def _eof_reason(self) -> str:
@@ -651,13 +643,9 @@ class SSHConnection(Connection):
         super().__init__(device, hello_timeout_s=hello_timeout_s)
         if device.kind != "ssh":
             raise TransportError(f"device {device.name} is not an SSH device (kind {device.kind})")
-        self.known_hosts_path = (
-            Path(known_hosts_path) if known_hosts_path is not None else default_known_hosts_path()
-        )
+        self.known_hosts_path = Path(known_hosts_path) if known_hosts_path is not None else default_known_hosts_path()
         self.pinned_hosts_path = (
-            Path(pinned_hosts_path)
-            if pinned_hosts_path is not None
-            else default_pinned_hosts_path()
+            Path(pinned_hosts_path) if pinned_hosts_path is not None else default_pinned_hosts_path()
         )
         self.accept_new_host_key = accept_new_host_key
         self.connect_timeout_s = connect_timeout_s
@@ -694,9 +682,7 @@ class SSHConnection(Connection):
             chan.exec_command(self.device.agent_command)
         except Exception as exc:
             self._close_client()
-            raise self._error(
-                f"cannot start the agent ({self.device.agent_command!r}): {exc}"
-            ) from None
+            raise self._error(f"cannot start the agent ({self.device.agent_command!r}): {exc}") from None
         self._chan = chan
         self._start_reader(lambda: chan.recv(65536), "out")
         self._start_stderr_reader(lambda: chan.recv_stderr(65536))
@@ -712,9 +698,7 @@ class SSHConnection(Connection):
                 return self._connect_once()
             except HostKeyError:
                 raise
-            except (
-                paramiko.BadHostKeyException
-            ) as exc:  # pragma: no cover - handled in _connect_once
+            except paramiko.BadHostKeyException as exc:  # pragma: no cover - handled in _connect_once
                 raise HostKeyError(str(exc)) from None
             except paramiko.AuthenticationException as exc:
                 key = f" with key {self.device.key_file}" if self.device.key_file else ""
@@ -727,9 +711,7 @@ class SSHConnection(Connection):
                 last = exc
                 if attempt + 1 < attempts:
                     self._sleep(min(self.backoff_s * (2**attempt), self.backoff_max_s))
-        raise TransportError(
-            f"device {self._describe()}: cannot connect after {attempts} attempt(s): {_short(last)}"
-        )
+        raise TransportError(f"device {self._describe()}: cannot connect after {attempts} attempt(s): {_short(last)}")
 
     def _connect_once(self) -> Any:
         import paramiko
@@ -806,9 +788,7 @@ class SSHConnection(Connection):
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            raise HostKeyError(
-                f"cannot record the host key of {name} in {path}: {exc.strerror or exc}"
-            ) from None
+            raise HostKeyError(f"cannot record the host key of {name} in {path}: {exc.strerror or exc}") from None
         self.pinned_key = (name, key.get_name(), fingerprint(key))
 
     # ---- stream
@@ -891,9 +871,7 @@ class SSHConnection(Connection):
 
     def _upload(self, local: Path, remote: str) -> None:
         try:
-            self._sftp_call(
-                f"upload to {remote}", lambda s: s.put(str(local), remote, confirm=True)
-            )
+            self._sftp_call(f"upload to {remote}", lambda s: s.put(str(local), remote, confirm=True))
         except FileNotFoundError:
             raise self._error(f"SFTP upload to {remote}: no such directory") from None
 
@@ -1002,9 +980,9 @@ def make_connection(device: Device, **options: Any) -> Connection:
     :class:`SSHConnection` otherwise. ``options`` go to the constructor (options meant for the other
     kind are ignored, so a caller can pass one set for every device)."""
     if device.kind == "local":
-        allowed = {"store_dir", "env", "hello_timeout_s"}
+        allowed = {"store_dir", "journal_path", "env", "hello_timeout_s"}
         return LocalConnection(device, **{k: v for k, v in options.items() if k in allowed})
-    local_only = {"store_dir", "env"}
+    local_only = {"store_dir", "journal_path", "env"}
     return SSHConnection(device, **{k: v for k, v in options.items() if k not in local_only})
 
 

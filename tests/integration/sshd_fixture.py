@@ -33,8 +33,7 @@ import pytest
 SSHD = "/usr/sbin/sshd"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SKIP_REASON = (
-    f"{SSHD} not installed; run scripts/install_system_deps.sh (installs openssh-server) to enable "
-    "the real-sshd tests"
+    f"{SSHD} not installed; run scripts/install_system_deps.sh (installs openssh-server) to enable the real-sshd tests"
 )
 needs_sshd = pytest.mark.skipif(not os.path.exists(SSHD), reason=SKIP_REASON)
 
@@ -88,6 +87,14 @@ def _children(pid: int) -> List[int]:
             out.append(c)
             todo.append(c)
     return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 class SSHServer:
@@ -168,21 +175,25 @@ class SSHServer:
         self.stop()
         raise RuntimeError(f"sshd did not listen on port {self.port} within {timeout_s} s")
 
-    def kill_sessions(self) -> None:
-        """Kill the per-connection sshd children (drops every open session, keeps listening)."""
+    def kill_sessions(self, agents_too: bool = False) -> None:
+        """Kill the per-connection sshd processes: every open session drops, as if the network
+        went away. The commands they ran (agents) are left running, orphaned, as on a real device
+        that lost its link, unless ``agents_too``."""
         if self.proc is None:
             return
         for pid in reversed(_children(self.proc.pid)):
+            if not agents_too and not _comm(pid).startswith("sshd"):
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
-    def stop(self) -> None:
-        """Stop listening and drop every open session."""
+    def stop(self, agents_too: bool = False) -> None:
+        """Stop listening and drop every open session (see :meth:`kill_sessions`)."""
         if self.proc is None:
             return
-        self.kill_sessions()
+        self.kill_sessions(agents_too)
         self.proc.kill()
         self.proc.wait()
         self.proc = None
@@ -310,4 +321,4 @@ def sshd(tmp_path: Path) -> Iterator[SSHServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(agents_too=True)
