@@ -9,7 +9,7 @@ setup:
 
 # The main job on the built-in local device.
 demo: setup
-	$(NNFLASH) metrics examples/dense_reference.json
+	$(NNFLASH) run --quick
 
 # The whole test suite (unit, integration, emulated; hardware tests skip without a device).
 test: setup

@@ -35,8 +35,9 @@ def main() -> None:
 
     vec_s = median_time(vectorized, 5)
     vec_rate = n / vec_s
-    print(f"vectorized metrics: {n:,} configurations in {vec_s:.3f} s (median of 5) "
-          f"-> {vec_rate:,.0f} configurations/s")
+    print(
+        f"vectorized metrics: {n:,} configurations in {vec_s:.3f} s (median of 5) -> {vec_rate:,.0f} configurations/s"
+    )
 
     # The paper's code computes metrics by building each network; do the same for a few configs.
     import torch

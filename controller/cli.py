@@ -43,9 +43,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from controller.commands import models_cmds
+    from controller.commands import campaign_cmds, device_cmds, models_cmds, run_cmd
 
-    models_cmds.register(cli)
+    for module in (models_cmds, device_cmds, campaign_cmds, run_cmd):
+        module.register(cli)
+    import importlib
+
+    try:  # calibration commands need the calibration package (scipy)
+        calibration_cmds = importlib.import_module("controller.commands.calibration_cmds")
+    except ImportError:
+        return
+    calibration_cmds.register(cli)
 
 
 _register()

@@ -25,9 +25,11 @@ class DenseLayer(nn.Module):
         else:
             self.conv = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, bias=False),
-                nn.BatchNorm2d(out_ch), nn.ReLU(),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(),
                 nn.Conv2d(out_ch, out_ch, 3, stride, 1, groups=out_ch, bias=False),
-                nn.BatchNorm2d(out_ch), nn.ReLU(),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(),
                 nn.Conv2d(out_ch, out_ch, 1, bias=False),
             )
 
@@ -38,8 +40,18 @@ class DenseLayer(nn.Module):
 class DenseCell(nn.Module):
     """One cell: layer i >= 2 sees cat(out[i-1], index_select(cat(out[0..i-2]), skips[i]))."""
 
-    def __init__(self, in_ch: int, depth: int, width: int, skips: tuple[tuple[int, ...], ...],
-                 stride: int, conv: str, stem: bool, linear: bool = False, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        depth: int,
+        width: int,
+        skips: tuple[tuple[int, ...], ...],
+        stride: int,
+        conv: str,
+        stem: bool,
+        linear: bool = False,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         self.depth = depth
         self.layers = nn.ModuleList()
@@ -72,12 +84,14 @@ class DenseNet(nn.Module):
         cin = spec.input_shape[0]
         cells = []
         for c, cell in enumerate(spec.cells):
-            cells.append(DenseCell(cin, cell.depth, cell.width, spec.skips[c], 2 if c > 0 else 1, spec.conv,
-                                   stem=(c == 0)))
+            cells.append(
+                DenseCell(cin, cell.depth, cell.width, spec.skips[c], 2 if c > 0 else 1, spec.conv, stem=(c == 0))
+            )
             cin = cell.width
         self.cells = nn.Sequential(*cells)
-        self.head = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(cin, spec.num_classes))
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, spec.num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.cells(x))
@@ -89,8 +103,19 @@ class Mlp(nn.Module):
         cin = spec.input_shape[0]
         cells = []
         for c, cell in enumerate(spec.cells):
-            cells.append(DenseCell(cin, cell.depth, cell.width, spec.skips[c], 1, "regular", stem=False,
-                                   linear=True, activation=spec.activation))
+            cells.append(
+                DenseCell(
+                    cin,
+                    cell.depth,
+                    cell.width,
+                    spec.skips[c],
+                    1,
+                    "regular",
+                    stem=False,
+                    linear=True,
+                    activation=spec.activation,
+                )
+            )
             cin = cell.width
         self.cells = nn.Sequential(*cells)
         self.head = nn.Linear(cin, spec.num_classes)
@@ -138,8 +163,9 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if stride != 1 or inplanes != planes * 4:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                                            nn.BatchNorm2d(planes * 4))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -154,15 +180,20 @@ class ResNet(nn.Module):
         super().__init__()
         block: type[BasicBlock] | type[Bottleneck] = BasicBlock if spec.block == "basic" else Bottleneck
         stem = spec.stem_width
-        self.stem = nn.Sequential(nn.Conv2d(spec.input_shape[0], stem, 7, 2, 3, bias=False), nn.BatchNorm2d(stem),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(spec.input_shape[0], stem, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
         inplanes = stem
         stages = []
         for k, (planes, n) in enumerate(zip(spec.stage_planes(), spec.layers)):
             blocks = []
             for b in range(n):
-                blocks.append(block(inplanes, planes, 2 if (k > 0 and b == 0) else 1, spec.groups,
-                                    spec.width_per_group))
+                blocks.append(
+                    block(inplanes, planes, 2 if (k > 0 and b == 0) else 1, spec.groups, spec.width_per_group)
+                )
                 inplanes = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -181,8 +212,13 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand_ratio != 1:
             layers += [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
-        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
-                   nn.ReLU6(inplace=True), nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, oup, 1, bias=False),
+            nn.BatchNorm2d(oup),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,14 +229,18 @@ class MobileNetV2(nn.Module):
     def __init__(self, spec: MobileNetV2Spec) -> None:
         super().__init__()
         stem = spec.stem_width
-        feats: list[nn.Module] = [nn.Sequential(nn.Conv2d(spec.input_shape[0], stem, 3, 2, 1, bias=False),
-                                                nn.BatchNorm2d(stem), nn.ReLU6(inplace=True))]
+        feats: list[nn.Module] = [
+            nn.Sequential(
+                nn.Conv2d(spec.input_shape[0], stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6(inplace=True)
+            )
+        ]
         blocks = spec.blocks()
         for inp, oup, stride, t in blocks:
             feats.append(InvertedResidual(inp, oup, stride, t))
         last = spec.head_width
-        feats.append(nn.Sequential(nn.Conv2d(blocks[-1][1], last, 1, bias=False), nn.BatchNorm2d(last),
-                                   nn.ReLU6(inplace=True)))
+        feats.append(
+            nn.Sequential(nn.Conv2d(blocks[-1][1], last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6(inplace=True))
+        )
         self.features = nn.Sequential(*feats)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, spec.num_classes))

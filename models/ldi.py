@@ -131,17 +131,17 @@ def _singular_values(w: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """
     o, n = w.shape
     out = []
-    per = max(1, _CHUNK_BYTES // (4 * max(o, 1) * max(n, 1)))
-    w = w.float()
+    per = max(1, _CHUNK_BYTES // (8 * max(o, 1) * max(n, 1)))
+    w = w.double()
     for start in range(0, masks.shape[0], per):
-        m = masks[start : start + per].float()
+        m = masks[start : start + per].double()
         if o <= n:
             wm = w.unsqueeze(0) * m.unsqueeze(1)  # (b, o, n)
             gram = wm @ wm.transpose(1, 2)  # (b, o, o)
         else:
             wtw = w.t() @ w  # (n, n)
             gram = m.unsqueeze(2) * wtw.unsqueeze(0) * m.unsqueeze(1)  # diag(m) W^T W diag(m)
-        eig = torch.linalg.eigvalsh(gram.double())
+        eig = torch.linalg.eigvalsh(gram)
         out.append(eig.clamp_min(0).sqrt())
     return torch.cat(out, 0)
 

@@ -81,8 +81,15 @@ def conv_out(h: Any, kernel: int, stride: int, pad: int) -> Any:
     return (h + 2 * pad - kernel) // stride + 1
 
 
-def dense_params_macs(depth: Any, width: Any, tc: Any, *, conv: str = "regular",
-                      input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def dense_params_macs(
+    depth: Any,
+    width: Any,
+    tc: Any,
+    *,
+    conv: str = "regular",
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    num_classes: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
     """Parameter and MAC counts of dense-family CNNs, vectorized over ``(n, cells)`` arrays."""
     d, w, t = _as_int_array(depth), _as_int_array(width), _as_int_array(tc)
     n, ncell = d.shape
@@ -110,8 +117,15 @@ def dense_params_macs(depth: Any, width: Any, tc: Any, *, conv: str = "regular",
     return params, macs
 
 
-def dense_metrics(depth: Any, width: Any, tc: Any, *, conv: str = "regular",
-                  input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10) -> dict[str, np.ndarray]:
+def dense_metrics(
+    depth: Any,
+    width: Any,
+    tc: Any,
+    *,
+    conv: str = "regular",
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    num_classes: int = 10,
+) -> dict[str, np.ndarray]:
     """All dense-family metrics for arrays of configurations of shape ``(n, cells)``."""
     d, w, t = _as_int_array(depth), _as_int_array(width), _as_int_array(tc)
     params, macs = dense_params_macs(d, w, t, conv=conv, input_shape=input_shape, num_classes=num_classes)
@@ -163,8 +177,18 @@ class Layer:
         return d
 
 
-def _conv(name: str, cin: int, cout: int, k: int, s: int, h: int, w: int, groups: int = 1,
-          pad: int | None = None, bias: bool = False) -> tuple[Layer, int, int]:
+def _conv(
+    name: str,
+    cin: int,
+    cout: int,
+    k: int,
+    s: int,
+    h: int,
+    w: int,
+    groups: int = 1,
+    pad: int | None = None,
+    bias: bool = False,
+) -> tuple[Layer, int, int]:
     p = k // 2 if pad is None else pad
     ho, wo = conv_out(h, k, s, p), conv_out(w, k, s, p)
     params = cout * (cin // groups) * k * k + (cout if bias else 0)
@@ -267,8 +291,14 @@ def _resnet_layers(spec: ResNetSpec) -> list[Layer]:
                 l1, _, _ = _conv(f"{pre}.conv1", inplanes, width, 1, 1, h, w)
                 l2, h1, w1 = _conv(f"{pre}.conv2", width, width, 3, stride, h, w, groups=spec.groups)
                 l3, _, _ = _conv(f"{pre}.conv3", width, planes * exp, 1, 1, h1, w1)
-                out += [l1, _bn(f"{pre}.bn1", width, h, w), l2, _bn(f"{pre}.bn2", width, h1, w1),
-                        l3, _bn(f"{pre}.bn3", planes * exp, h1, w1)]
+                out += [
+                    l1,
+                    _bn(f"{pre}.bn1", width, h, w),
+                    l2,
+                    _bn(f"{pre}.bn2", width, h1, w1),
+                    l3,
+                    _bn(f"{pre}.bn3", planes * exp, h1, w1),
+                ]
             if stride != 1 or inplanes != planes * exp:
                 ld, _, _ = _conv(f"{pre}.down", inplanes, planes * exp, 1, stride, h, w, pad=0)
                 out += [ld, _bn(f"{pre}.down_bn", planes * exp, h1, w1)]

@@ -63,8 +63,16 @@ class Space:
         return math.prod(c.count() for c in self.cells)
 
     def describe(self) -> list[dict]:
-        return [{"cell": i, "depths": [min(c.depths), max(c.depths)], "widths": list(c.widths),
-                 "tc": [0, c.tc_max], "configurations": c.count()} for i, c in enumerate(self.cells)]
+        return [
+            {
+                "cell": i,
+                "depths": [min(c.depths), max(c.depths)],
+                "widths": list(c.widths),
+                "tc": [0, c.tc_max],
+                "configurations": c.count(),
+            }
+            for i, c in enumerate(self.cells)
+        ]
 
     # ---------------------------------------------------------------- sampling
 
@@ -73,8 +81,9 @@ class Space:
         cols = [self._sample_cell(c, n, rng, uniform_configs=True) for c in self.cells]
         return tuple(np.stack([col[k] for col in cols], axis=1) for k in range(3))  # type: ignore[return-value]
 
-    def _sample_cell(self, cell: CellRange, n: int, rng: np.random.Generator,
-                     uniform_configs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _sample_cell(
+        self, cell: CellRange, n: int, rng: np.random.Generator, uniform_configs: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d, w, n_tc = cell.grid()
         if uniform_configs:  # weight each (d, w) by its number of caps: uniform over configurations
             cum = np.cumsum(n_tc)
@@ -85,8 +94,13 @@ class Space:
         return d[pick], w[pick], tc
 
     def to_spec(self, depth: np.ndarray, width: np.ndarray, tc: np.ndarray, seed: int = 0) -> DenseSpec:
-        return DenseSpec(cells=tuple(Cell(int(a), int(b), int(c)) for a, b, c in zip(depth, width, tc)),
-                         conv=self.conv, input_shape=self.input_shape, num_classes=self.num_classes, seed=seed)
+        return DenseSpec(
+            cells=tuple(Cell(int(a), int(b), int(c)) for a, b, c in zip(depth, width, tc)),
+            conv=self.conv,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            seed=seed,
+        )
 
     def sample(self, n: int, seed: int = 0) -> list[DenseSpec]:
         rng = np.random.default_rng(seed)
@@ -94,8 +108,9 @@ class Space:
         return [self.to_spec(d[i], w[i], t[i], seed=seed) for i in range(n)]
 
     def metrics(self, d: np.ndarray, w: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
-        params, macs = dense_params_macs(d, w, t, conv=self.conv, input_shape=self.input_shape,
-                                         num_classes=self.num_classes)
+        params, macs = dense_params_macs(
+            d, w, t, conv=self.conv, input_shape=self.input_shape, num_classes=self.num_classes
+        )
         return {"nn_mass": nn_mass(d, w, t), "nn_degree": nn_degree(d, w, t), "params": params, "macs": macs}
 
     def metric_range(self, metric: str) -> tuple[float, float]:
@@ -118,9 +133,11 @@ class Space:
 SPACES: dict[str, Space] = {
     "flash": Space(
         "flash",
-        (CellRange(tuple(range(2, 13)), tuple(range(8, 49, 8)), 48),
-         CellRange(tuple(range(2, 13)), tuple(range(16, 97, 16)), 96),
-         CellRange(tuple(range(2, 13)), tuple(range(32, 193, 32)), 192)),
+        (
+            CellRange(tuple(range(2, 13)), tuple(range(8, 49, 8)), 48),
+            CellRange(tuple(range(2, 13)), tuple(range(16, 97, 16)), 96),
+            CellRange(tuple(range(2, 13)), tuple(range(32, 193, 32)), 192),
+        ),
     ),
 }
 SPACES["flash-depthwise"] = Space("flash-depthwise", SPACES["flash"].cells, conv="depthwise")
@@ -138,12 +155,15 @@ def get_space(name: str) -> Space:
 def _cell_metric(metric: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
     """Per-cell contribution to the metric, elementwise (both metrics are sums over cells)."""
     if metric == "nn_mass":
+
         def f(d: np.ndarray, w: np.ndarray, t: np.ndarray) -> np.ndarray:
             poss = w * np.maximum(d - 1, 0) * np.maximum(d - 2, 0) / 2
             return np.where(poss > 0, skip_sum(d, w, t) / np.maximum(poss, 1), 0.0) * w * d
     else:
+
         def f(d: np.ndarray, w: np.ndarray, t: np.ndarray) -> np.ndarray:
             return w + skip_sum(d, w, t) / d
+
     return f
 
 
@@ -159,9 +179,19 @@ def farthest_points(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarr
     return np.array(chosen)
 
 
-def generate(space: Space, n: int, *, target_mass: float | None = None, target_degree: float | None = None,
-             tolerance: float = 0.02, max_params: int | None = None, max_macs: int | None = None,
-             seed: int = 0, batch: int = 20000, max_batches: int = 40) -> list[DenseSpec]:
+def generate(
+    space: Space,
+    n: int,
+    *,
+    target_mass: float | None = None,
+    target_degree: float | None = None,
+    tolerance: float = 0.02,
+    max_params: int | None = None,
+    max_macs: int | None = None,
+    seed: int = 0,
+    batch: int = 20000,
+    max_batches: int = 40,
+) -> list[DenseSpec]:
     """``n`` distinct specs of ``space`` whose NN-Mass (or NN-Degree) is within ``tolerance``
     (relative) of the target and that meet the optional parameter and MAC budgets.
 
@@ -183,8 +213,9 @@ def generate(space: Space, n: int, *, target_mass: float | None = None, target_d
         raise SpaceError(f"target {metric}: must be a positive number, got {target}")
     lo, hi = space.metric_range(metric)
     if target * (1 + tolerance) < lo or target * (1 - tolerance) > hi:
-        raise SpaceError(f"target {metric} {target:g} is outside what space {space.name!r} can reach "
-                         f"({lo:.4g} .. {hi:.4g})")
+        raise SpaceError(
+            f"target {metric} {target:g} is outside what space {space.name!r} can reach ({lo:.4g} .. {hi:.4g})"
+        )
     rng = np.random.default_rng(seed)
     f = _cell_metric(metric)
     ncell = len(space.cells)
@@ -210,8 +241,9 @@ def generate(space: Space, n: int, *, target_mass: float | None = None, target_d
         value = f(d, w, t).sum(1)
         ok = np.abs(value - target) <= tolerance * target
         if max_params is not None or max_macs is not None:
-            params, macs = dense_params_macs(d, w, t, conv=space.conv, input_shape=space.input_shape,
-                                             num_classes=space.num_classes)
+            params, macs = dense_params_macs(
+                d, w, t, conv=space.conv, input_shape=space.input_shape, num_classes=space.num_classes
+            )
             if max_params is not None:
                 ok &= params <= max_params
             if max_macs is not None:
@@ -229,11 +261,13 @@ def generate(space: Space, n: int, *, target_mass: float | None = None, target_d
         if max_macs is not None:
             budgets.append(f"max MACs {max_macs:,}")
         extra = f" under {' and '.join(budgets)}" if budgets else ""
-        raise SpaceError(f"space {space.name!r} has only {len(pool)} distinct configurations found with {metric} "
-                         f"within {tolerance:.1%} of {target:g}{extra}; asked for {n} "
-                         f"(widen the tolerance or relax the budgets)")
+        raise SpaceError(
+            f"space {space.name!r} has only {len(pool)} distinct configurations found with {metric} "
+            f"within {tolerance:.1%} of {target:g}{extra}; asked for {n} "
+            f"(widen the tolerance or relax the budgets)"
+        )
     configs = np.array(list(pool.values()), dtype=np.int64)
     span = configs.max(0) - configs.min(0)
     normed = (configs - configs.min(0)) / np.where(span > 0, span, 1)
     pick = farthest_points(normed, n, rng)
-    return [space.to_spec(c[:ncell], c[ncell:2 * ncell], c[2 * ncell:], seed=seed) for c in configs[pick]]
+    return [space.to_spec(c[:ncell], c[ncell : 2 * ncell], c[2 * ncell :], seed=seed) for c in configs[pick]]

@@ -66,8 +66,15 @@ def _choice(obj: Mapping[str, Any], key: str, where: str, choices: Sequence[str]
     return v
 
 
-def _int_list(obj: Mapping[str, Any], key: str, where: str, *, default: Sequence[int] | None, minimum: int,
-              length: int | None = None) -> tuple[int, ...]:
+def _int_list(
+    obj: Mapping[str, Any],
+    key: str,
+    where: str,
+    *,
+    default: Sequence[int] | None,
+    minimum: int,
+    length: int | None = None,
+) -> tuple[int, ...]:
     path = f"{where}{key}"
     if key not in obj:
         if default is None:
@@ -116,7 +123,7 @@ def draw_skips(seed: int, cell_index: int, depth: int, width: int, tc: int) -> t
     uniformly without replacement: each candidate gets a 64-bit key from a splitmix64 stream seeded
     by (seed, cell, layer) and the smallest keys win.
     """
-    out: list[tuple[int, ...]] = [(), ()][: min(depth, 2)]
+    out: list[tuple[int, ...]] = [() for _ in range(min(depth, 2))]
     for i in range(2, depth):
         n = width * (i - 1)
         s = min(tc, n)
@@ -220,7 +227,9 @@ def _parse_skips(obj: Mapping[str, Any], cells: tuple[Cell, ...], seed: int, whe
             if not isinstance(sel, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in sel):
                 raise SpecError(f"{path}: must be a list of integers")
             if len(sel) != want:
-                raise SpecError(f"{path}: layer {i} must receive min(tc, width*(i-1)) = {want} channels, got {len(sel)}")
+                raise SpecError(
+                    f"{path}: layer {i} must receive min(tc, width*(i-1)) = {want} channels, got {len(sel)}"
+                )
             if len(set(sel)) != len(sel) or any(x < 0 or x >= n for x in sel):
                 raise SpecError(f"{path}: channel indices must be distinct and in [0, {n})")
             cell_out.append(tuple(sorted(sel)))
@@ -300,7 +309,9 @@ class MlpSpec(Spec):
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> MlpSpec:
-        _check_keys(obj, ("family", "spec_id", "cells", "input_shape", "num_classes", "activation", "seed", "skips"), "")
+        _check_keys(
+            obj, ("family", "spec_id", "cells", "input_shape", "num_classes", "activation", "seed", "skips"), ""
+        )
         cells = _parse_cells(obj, "")
         seed = _int(obj, "seed", "", default=0, minimum=0)
         return cls(
@@ -349,19 +360,39 @@ class ResNetSpec(Spec):
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> ResNetSpec:
-        keys = ("family", "spec_id", "block", "layers", "groups", "width_per_group", "planes", "width_mult",
-                "input_shape", "num_classes")
+        keys = (
+            "family",
+            "spec_id",
+            "block",
+            "layers",
+            "groups",
+            "width_per_group",
+            "planes",
+            "width_mult",
+            "input_shape",
+            "num_classes",
+        )
         _check_keys(obj, keys, "")
         block = _choice(obj, "block", "", cls.BLOCKS, "basic")
         layers = _int_list(obj, "layers", "", default=(2, 2, 2, 2), minimum=1)
-        planes = _int_list(obj, "planes", "", default=(64, 128, 256, 512)[: len(layers)] if len(layers) <= 4 else None,
-                           minimum=1, length=len(layers))
+        planes = _int_list(
+            obj,
+            "planes",
+            "",
+            default=(64, 128, 256, 512)[: len(layers)] if len(layers) <= 4 else None,
+            minimum=1,
+            length=len(layers),
+        )
         groups = _int(obj, "groups", "", default=1, minimum=1)
         wpg = _int(obj, "width_per_group", "", default=64, minimum=1)
         if block == "basic" and (groups != 1 or wpg != 64):
             raise SpecError("groups: BasicBlock supports only groups=1 and width_per_group=64")
         return cls(
-            block=block, layers=layers, groups=groups, width_per_group=wpg, planes=planes,
+            block=block,
+            layers=layers,
+            groups=groups,
+            width_per_group=wpg,
+            planes=planes,
             width_mult=_num(obj, "width_mult", "", default=1.0),
             input_shape=_input_shape(obj, "", (3, 224, 224), 3),  # type: ignore[arg-type]
             num_classes=_int(obj, "num_classes", "", default=1000, minimum=1),
@@ -376,14 +407,26 @@ class ResNetSpec(Spec):
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "family": self.family, "block": self.block, "layers": list(self.layers), "groups": self.groups,
-            "width_per_group": self.width_per_group, "planes": list(self.planes), "width_mult": self.width_mult,
-            "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+            "family": self.family,
+            "block": self.block,
+            "layers": list(self.layers),
+            "groups": self.groups,
+            "width_per_group": self.width_per_group,
+            "planes": list(self.planes),
+            "width_mult": self.width_mult,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
         }
 
 
 MOBILENETV2_SETTING: tuple[tuple[int, int, int, int], ...] = (
-    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
 )
 
 
@@ -411,20 +454,29 @@ class MobileNetV2Spec(Spec):
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> MobileNetV2Spec:
-        keys = ("family", "spec_id", "width_mult", "setting", "round_nearest", "last_channel", "input_shape",
-                "num_classes")
+        keys = (
+            "family",
+            "spec_id",
+            "width_mult",
+            "setting",
+            "round_nearest",
+            "last_channel",
+            "input_shape",
+            "num_classes",
+        )
         _check_keys(obj, keys, "")
         setting = MOBILENETV2_SETTING
         if "setting" in obj:
             raw = obj["setting"]
             if not isinstance(raw, list) or not raw:
                 raise SpecError("setting: must be a non-empty list of [t, c, n, s] stages")
-            rows = []
+            rows: list[tuple[int, int, int, int]] = []
             for k, row in enumerate(raw):
                 if not isinstance(row, list) or len(row) != 4:
                     raise SpecError(f"setting[{k}]: must be [t, c, n, s], got {json.dumps(row)}")
-                rows.append(tuple(_int({"v": x}, "v", f"setting[{k}].", minimum=1) for x in row))
-            setting = tuple(rows)  # type: ignore[assignment]
+                t, c, n, st = (_int({"v": x}, "v", f"setting[{k}].", minimum=1) for x in row)
+                rows.append((t, c, n, st))
+            setting = tuple(rows)
         return cls(
             width_mult=_num(obj, "width_mult", "", default=1.0),
             setting=setting,
@@ -436,9 +488,13 @@ class MobileNetV2Spec(Spec):
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "family": self.family, "width_mult": self.width_mult, "setting": [list(r) for r in self.setting],
-            "round_nearest": self.round_nearest, "last_channel": self.last_channel,
-            "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+            "family": self.family,
+            "width_mult": self.width_mult,
+            "setting": [list(r) for r in self.setting],
+            "round_nearest": self.round_nearest,
+            "last_channel": self.last_channel,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
         }
 
     def blocks(self) -> list[tuple[int, int, int, int]]:
@@ -478,14 +534,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     "resnet50": {"family": "resnet", "block": "bottleneck", "layers": [3, 4, 6, 3]},
     "resnet101": {"family": "resnet", "block": "bottleneck", "layers": [3, 4, 23, 3]},
     "wide_resnet50_2": {"family": "resnet", "block": "bottleneck", "layers": [3, 4, 6, 3], "width_per_group": 128},
-    "resnext50_32x4d": {"family": "resnet", "block": "bottleneck", "layers": [3, 4, 6, 3], "groups": 32,
-                        "width_per_group": 4},
+    "resnext50_32x4d": {
+        "family": "resnet",
+        "block": "bottleneck",
+        "layers": [3, 4, 6, 3],
+        "groups": 32,
+        "width_per_group": 4,
+    },
     "mobilenet_v2": {"family": "mobilenetv2"},
     # the NN-Mass paper's reference DenseNet-type network (CIFAR-10)
-    "nnmass_reference": {"family": "dense", "conv": "regular", "input_shape": [3, 32, 32], "num_classes": 10,
-                         "seed": 2, "cells": [{"depth": 13, "width": 32, "tc": 40},
-                                              {"depth": 13, "width": 64, "tc": 80},
-                                              {"depth": 13, "width": 128, "tc": 125}]},
+    "nnmass_reference": {
+        "family": "dense",
+        "conv": "regular",
+        "input_shape": [3, 32, 32],
+        "num_classes": 10,
+        "seed": 2,
+        "cells": [
+            {"depth": 13, "width": 32, "tc": 40},
+            {"depth": 13, "width": 64, "tc": 80},
+            {"depth": 13, "width": 128, "tc": 125},
+        ],
+    },
 }
 
 

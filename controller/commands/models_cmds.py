@@ -63,13 +63,18 @@ def _fmt(v: Any) -> str:
 
 @click.command("metrics")
 @click.argument("spec_file", required=False, metavar="[SPEC.json]")
-@click.option("--preset", "preset_name", metavar="NAME",
-              help=f"A built-in architecture instead of a file: {', '.join(sorted(PRESETS))}.")
+@click.option(
+    "--preset",
+    "preset_name",
+    metavar="NAME",
+    help=f"A built-in architecture instead of a file: {', '.join(sorted(PRESETS))}.",
+)
 @click.option("--width-mult", type=float, default=None, help="Width multiplier for --preset (resnet, mobilenet_v2).")
 @click.option("--layers", "show_layers", is_flag=True, help="Also list every layer with its MACs and bytes moved.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def metrics_cmd(spec_file: str | None, preset_name: str | None, width_mult: float | None, show_layers: bool,
-                as_json: bool) -> None:
+def metrics_cmd(
+    spec_file: str | None, preset_name: str | None, width_mult: float | None, show_layers: bool, as_json: bool
+) -> None:
     """Topology metrics (NN-Mass, NN-Density, NN-Degree), parameters and MACs of a spec.
 
     \b
@@ -90,9 +95,16 @@ def metrics_cmd(spec_file: str | None, preset_name: str | None, width_mult: floa
     t = Table(title=f"{spec.family} spec {spec.spec_id}", show_header=False)
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")
-    labels = {"nn_mass": "NN-Mass", "nn_density": "NN-Density (per cell)", "nn_degree": "NN-Degree",
-              "params": "parameters", "macs": "MACs", "layers": "conv/linear layers",
-              "bytes_weights": "weight bytes (fp32)", "bytes_activations": "activation bytes moved"}
+    labels = {
+        "nn_mass": "NN-Mass",
+        "nn_density": "NN-Density (per cell)",
+        "nn_degree": "NN-Degree",
+        "params": "parameters",
+        "macs": "MACs",
+        "layers": "conv/linear layers",
+        "bytes_weights": "weight bytes (fp32)",
+        "bytes_activations": "activation bytes moved",
+    }
     for k, label in labels.items():
         if k in m:
             t.add_row(label, _fmt(m[k]))
@@ -102,8 +114,18 @@ def metrics_cmd(spec_file: str | None, preset_name: str | None, width_mult: floa
         for col in ("name", "kind", "in", "out", "k", "s", "H_out", "params", "MACs", "bytes in+out"):
             lt.add_column(col, justify="right" if col not in ("name", "kind") else "left")
         for r in m["layer_table"]:
-            lt.add_row(r["name"], r["kind"], str(r["in_ch"]), str(r["out_ch"]), str(r["kernel"]), str(r["stride"]),
-                       str(r["h_out"]), _fmt(r["params"]), _fmt(r["macs"]), _fmt(r["bytes_in"] + r["bytes_out"]))
+            lt.add_row(
+                r["name"],
+                r["kind"],
+                str(r["in_ch"]),
+                str(r["out_ch"]),
+                str(r["kernel"]),
+                str(r["stride"]),
+                str(r["h_out"]),
+                _fmt(r["params"]),
+                _fmt(r["macs"]),
+                _fmt(r["bytes_in"] + r["bytes_out"]),
+            )
         console.print(lt)
 
 
@@ -128,8 +150,13 @@ def space_count(space_name: str, as_json: bool) -> None:
     for col in ("cell", "depth", "width", "skip cap", "configurations"):
         t.add_column(col, justify="right")
     for c in space.describe():
-        t.add_row(str(c["cell"]), f"{c['depths'][0]}..{c['depths'][1]}", ", ".join(map(str, c["widths"])),
-                  f"0..{c['tc'][1]}", f"{c['configurations']:,}")
+        t.add_row(
+            str(c["cell"]),
+            f"{c['depths'][0]}..{c['depths'][1]}",
+            ", ".join(map(str, c["widths"])),
+            f"0..{c['tc'][1]}",
+            f"{c['configurations']:,}",
+        )
     Console().print(t)
     click.echo(f"distinct configurations: {n:,} ({n:.3e})")
 
@@ -165,9 +192,18 @@ def space_sample(space_name: str, n: int, seed: int, out: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (same seed, same specs).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON-lines file.")
 @click.option("--json", "as_json", is_flag=True, help="Also print one JSON summary per spec on stdout.")
-def generate_cmd(target_mass: float | None, target_degree: float | None, tolerance: float, n: int,
-                 max_params: int | None, max_macs: int | None, space_name: str, seed: int, out: str,
-                 as_json: bool) -> None:
+def generate_cmd(
+    target_mass: float | None,
+    target_degree: float | None,
+    tolerance: float,
+    n: int,
+    max_params: int | None,
+    max_macs: int | None,
+    space_name: str,
+    seed: int,
+    out: str,
+    as_json: bool,
+) -> None:
     """Generate N distinct specs with a target NN-Mass (or NN-Degree), spread across the space.
 
     \b
@@ -181,8 +217,16 @@ def generate_cmd(target_mass: float | None, target_degree: float | None, toleran
     for name, v in (("--max-params", max_params), ("--max-macs", max_macs)):
         if v is not None and v < 1:
             raise SpaceError(f"{name}: must be a positive integer, got {v}")
-    specs = generate(get_space(space_name), n, target_mass=target_mass, target_degree=target_degree,
-                     tolerance=tolerance, max_params=max_params, max_macs=max_macs, seed=seed)
+    specs = generate(
+        get_space(space_name),
+        n,
+        target_mass=target_mass,
+        target_degree=target_degree,
+        tolerance=tolerance,
+        max_params=max_params,
+        max_macs=max_macs,
+        seed=seed,
+    )
     k = write_jsonl_atomic(out, (s.to_json_line() for s in specs))
     if as_json:
         for s in specs:
@@ -198,8 +242,9 @@ def generate_cmd(target_mass: float | None, target_degree: float | None, toleran
 @click.option("--batch", type=int, default=8, show_default=True, callback=_positive, help="Inputs in the batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def ldi_cmd(spec_file: str | None, preset_name: str | None, width_mult: float | None, batch: int, seed: int,
-            as_json: bool) -> None:
+def ldi_cmd(
+    spec_file: str | None, preset_name: str | None, width_mult: float | None, batch: int, seed: int, as_json: bool
+) -> None:
     """Layerwise dynamical isometry at initialization: mean and std of the singular values of
     the layer Jacobians (closer to 1 means better gradient flow)."""
     spec = _load(spec_file, preset_name, width_mult)
@@ -207,8 +252,14 @@ def ldi_cmd(spec_file: str | None, preset_name: str | None, width_mult: float | 
     from models.ldi import ldi
 
     res = ldi(build_module(spec), spec.input_shape, batch=batch, seed=seed)
-    out = {"spec_id": spec.spec_id, "family": spec.family, "ldi_mean": res.mean, "ldi_std": res.std,
-           "layers": len(res.per_layer), "singular_values": res.n_singular_values}
+    out = {
+        "spec_id": spec.spec_id,
+        "family": spec.family,
+        "ldi_mean": res.mean,
+        "ldi_std": res.std,
+        "layers": len(res.per_layer),
+        "singular_values": res.n_singular_values,
+    }
     if as_json:
         out["per_layer"] = [{"name": n, "mean": m, "std": s} for n, m, s in res.per_layer]
         emit_json(out)

@@ -14,8 +14,9 @@ REFERENCE = ROOT / "examples" / "dense_reference.json"
 
 
 def nnflash(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "controller.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     if check:
         assert p.returncode == 0, p.stderr
     return p
@@ -42,8 +43,22 @@ def test_space_count_sample_generate_round_trip(tmp_path):
     sample = tmp_path / "s.jsonl"
     nnflash("space", "sample", "--n", "4", "--seed", "9", "--out", str(sample), check=True)
     gen = tmp_path / "g.jsonl"
-    nnflash("generate", "--target-mass", "300", "--tolerance", "0.02", "--n", "6", "--max-params", "3000000",
-            "--seed", "1", "--out", str(gen), check=True)
+    nnflash(
+        "generate",
+        "--target-mass",
+        "300",
+        "--tolerance",
+        "0.02",
+        "--n",
+        "6",
+        "--max-params",
+        "3000000",
+        "--seed",
+        "1",
+        "--out",
+        str(gen),
+        check=True,
+    )
     for path, n in ((sample, 4), (gen, 6)):
         lines = path.read_text().splitlines()
         assert len(lines) == n

@@ -23,8 +23,9 @@ def torch_counts(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
         else:
             macs += per_out * m.in_features
 
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         module(x)
     for h in handles:
@@ -35,13 +36,29 @@ def torch_counts(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
 def random_specs(n: int, seed: int):
     rng = random.Random(seed)
     for k in range(n):
-        cells = [{"depth": rng.randint(1, 8), "width": rng.randint(1, 24), "tc": rng.randint(0, 40)}
-                 for _ in range(rng.randint(1, 4))]
-        yield parse_spec({"family": "dense", "cells": cells, "conv": rng.choice(["regular", "depthwise"]),
-                          "input_shape": [rng.randint(1, 4), rng.randint(4, 24), rng.randint(4, 24)],
-                          "num_classes": rng.randint(1, 12), "seed": k})
-        yield parse_spec({"family": "mlp", "cells": cells, "input_shape": [rng.randint(1, 40)], "seed": k,
-                          "activation": rng.choice(["relu", "tanh"])})
+        cells = [
+            {"depth": rng.randint(1, 8), "width": rng.randint(1, 24), "tc": rng.randint(0, 40)}
+            for _ in range(rng.randint(1, 4))
+        ]
+        yield parse_spec(
+            {
+                "family": "dense",
+                "cells": cells,
+                "conv": rng.choice(["regular", "depthwise"]),
+                "input_shape": [rng.randint(1, 4), rng.randint(4, 24), rng.randint(4, 24)],
+                "num_classes": rng.randint(1, 12),
+                "seed": k,
+            }
+        )
+        yield parse_spec(
+            {
+                "family": "mlp",
+                "cells": cells,
+                "input_shape": [rng.randint(1, 40)],
+                "seed": k,
+                "activation": rng.choice(["relu", "tanh"]),
+            }
+        )
 
 
 @pytest.mark.parametrize("spec", list(random_specs(40, 0)), ids=lambda s: f"{s.family}-{s.spec_id}")

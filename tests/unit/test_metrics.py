@@ -64,8 +64,11 @@ def test_vectorized_equals_per_spec():
         vec = dense_metrics(d, w, t, conv=conv, input_shape=(3, 17, 23), num_classes=7)
         for k in range(n):
             cells = [{"depth": int(d[k, c]), "width": int(w[k, c]), "tc": int(t[k, c])} for c in range(3)]
-            m = compute_metrics(parse_spec({"family": "dense", "cells": cells, "conv": conv,
-                                            "input_shape": [3, 17, 23], "num_classes": 7}))
+            m = compute_metrics(
+                parse_spec(
+                    {"family": "dense", "cells": cells, "conv": conv, "input_shape": [3, 17, 23], "num_classes": 7}
+                )
+            )
             assert vec["params"][k] == m["params"] and vec["macs"][k] == m["macs"]
             assert vec["nn_mass"][k] == pytest.approx(m["nn_mass"])
             assert vec["nn_degree"][k] == pytest.approx(m["nn_degree"])
@@ -93,10 +96,17 @@ def test_mobilenetv2_only_residual_blocks_count():
     assert sum(1 for x in bm if x > 0) == 10
 
 
-@pytest.mark.parametrize("name, params", [
-    ("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032), ("resnet101", 44_549_160),
-    ("wide_resnet50_2", 68_883_240), ("mobilenet_v2", 3_504_872),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("resnet18", 11_689_512),
+        ("resnet34", 21_797_672),
+        ("resnet50", 25_557_032),
+        ("resnet101", 44_549_160),
+        ("wide_resnet50_2", 68_883_240),
+        ("mobilenet_v2", 3_504_872),
+    ],
+)
 def test_presets_match_torchvision_parameter_counts(name, params):
     assert compute_metrics(preset(name))["params"] == params
 

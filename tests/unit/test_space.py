@@ -68,8 +68,9 @@ def test_generator_meets_mass_target_with_distinct_spread_specs(target):
 
 
 def test_generator_degree_target_and_budgets():
-    specs = generate(get_space("flash"), 20, target_degree=200, tolerance=0.05, max_params=400_000,
-                     max_macs=60_000_000, seed=2)
+    specs = generate(
+        get_space("flash"), 20, target_degree=200, tolerance=0.05, max_params=400_000, max_macs=60_000_000, seed=2
+    )
     for s in specs:
         m = compute_metrics(s)
         assert abs(m["nn_degree"] - 200) <= 10 and m["params"] <= 400_000 and m["macs"] <= 60_000_000

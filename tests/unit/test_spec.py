@@ -11,9 +11,15 @@ from models.spec import FAMILIES, PRESETS, DenseSpec, draw_skips, parse_spec, pr
 
 MINIMAL = {
     "family": "dense",
-    "cells": [{"depth": 13, "width": 32, "tc": 40}, {"depth": 13, "width": 64, "tc": 80},
-              {"depth": 13, "width": 128, "tc": 125}],
-    "conv": "regular", "input_shape": [3, 32, 32], "num_classes": 10, "seed": 2,
+    "cells": [
+        {"depth": 13, "width": 32, "tc": 40},
+        {"depth": 13, "width": 64, "tc": 80},
+        {"depth": 13, "width": 128, "tc": 125},
+    ],
+    "conv": "regular",
+    "input_shape": [3, 32, 32],
+    "num_classes": 10,
+    "seed": 2,
 }
 
 

@@ -1,0 +1,358 @@
+"""`nnflash export`, `nnflash profile`, `nnflash results`: artifacts, campaigns, the database."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from controller.campaign import Campaign, CampaignResult, MeasureSettings
+from controller.commands.common import (
+    RUNTIMES,
+    artifacts_dir_for,
+    connection_options,
+    db_option,
+    devices_from,
+    emit_json,
+    inventory_option,
+    load_inventory,
+)
+from controller.errors import ConfigError
+from controller.store import Store, rows_to_csv_text
+from controller.transport import make_connection
+from models.spec import AnySpec, load_specs_jsonl
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@click.command("export")
+@click.argument("specs_file", metavar="SPECS.jsonl")
+@click.option("--format", "formats", default="onnx", show_default=True, help="Comma-separated formats: onnx, tflite.")
+@click.option("--int8", is_flag=True, help="TFLite: int8 post-training quantization (random representative data).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per artifact.")
+def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json: bool) -> None:
+    """Export specs to ONNX and/or TFLite, verified against torch, content-addressed and cached."""
+    from models.export import FORMATS, export_spec
+
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    for f in fmts:
+        if f not in FORMATS:
+            raise ConfigError(f"--format: unknown format {f!r} (expected {', '.join(FORMATS)})")
+    if int8 and "tflite" not in fmts:
+        raise ConfigError("--int8 applies to the tflite format only")
+    specs = load_specs_jsonl(specs_file)
+    console = Console(stderr=True)
+    failed = 0
+    with _progress(console) as prog:
+        task = prog.add_task("export", total=len(specs) * len(fmts), note="")
+        for spec in specs:
+            for fmt in fmts:
+                q = "int8" if (int8 and fmt == "tflite") else None
+                try:
+                    art = export_spec(spec, fmt, out_dir, quantize=q)
+                    row = {
+                        "spec_id": spec.spec_id,
+                        "format": fmt,
+                        "quantization": q,
+                        "path": str(art.path),
+                        "sha256": art.sha256,
+                        "size": art.size,
+                        "cached": art.cached,
+                        "max_rel_err": art.max_rel_err,
+                        "status": "ok",
+                    }
+                except Exception as e:  # one bad spec does not stop the others
+                    failed += 1
+                    row = {
+                        "spec_id": spec.spec_id,
+                        "format": fmt,
+                        "quantization": q,
+                        "status": "failed",
+                        "error": str(e).splitlines()[0] if str(e) else type(e).__name__,
+                    }
+                    console.print(f"[red]export of {spec.spec_id} to {fmt} failed:[/] {row['error']}")
+                if as_json:
+                    emit_json(row)
+                prog.update(task, advance=1, note=spec.spec_id)
+    console.print(f"exported {len(specs) * len(fmts) - failed} artifact(s) to {out_dir}, {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
+def run_campaign(
+    specs: list[AnySpec],
+    device_names: str,
+    settings: MeasureSettings,
+    db_path: str,
+    inventory_path: Optional[str],
+    *,
+    as_json: bool,
+    max_attempts: int,
+    console: Console,
+    args: Optional[dict[str, Any]] = None,
+) -> CampaignResult:
+    """Run one campaign with progress bars (stderr) and Ctrl-C handling; returns its result."""
+    inv = load_inventory(inventory_path)
+    devices = devices_from(inv, device_names)
+    opts = connection_options()
+    store = Store(db_path)
+    try:
+        lock = threading.Lock()
+        with _progress(console) as prog:
+            tasks: dict[str, Any] = {}
+
+            def on_result(row: dict[str, Any]) -> None:
+                with lock:
+                    if as_json:
+                        emit_json({k: v for k, v in row.items() if k != "stored"})
+                    if row["status"] != "ok":
+                        prog.console.print(
+                            f"[yellow]{row['device']}: {row['spec_id']} {row['status']}:[/] {row.get('error') or ''}"
+                        )
+
+            def on_progress(device: str, event: str) -> None:
+                with lock:
+                    if event == "done":
+                        prog.update(tasks[device], advance=1, note="")
+                    elif event == "reconnecting":
+                        prog.update(tasks[device], note="[yellow]reconnecting")
+                    elif event == "reconnected":
+                        prog.update(tasks[device], note="reconnected")
+                    elif event == "error":
+                        prog.update(tasks[device], note="[red]unreachable")
+
+            camp = Campaign(
+                specs,
+                devices,
+                settings,
+                store,
+                artifacts_dir_for(db_path),
+                connect=lambda d: make_connection(d, **opts),
+                max_attempts=max_attempts,
+                on_result=on_result,
+                on_progress=on_progress,
+                args=args,
+            )
+            todo = camp.plan()
+            for d in devices:
+                tasks[d.name] = prog.add_task(d.name, total=len(todo[d.name]), note="")
+            camp.plan = lambda: todo  # type: ignore[method-assign]  # planned once, shown in the bars
+            previous = signal.getsignal(signal.SIGINT)
+
+            def on_sigint(signum: int, frame: Any) -> None:
+                if camp.stop_requested:
+                    prog.console.print("[red]abandoning measurements in flight[/]")
+                else:
+                    prog.console.print(
+                        "[yellow]stopping: finishing measurements in flight (Ctrl-C again to abandon them)[/]"
+                    )
+                camp.stop()
+
+            signal.signal(signal.SIGINT, on_sigint)
+            try:
+                result = camp.run()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+    finally:
+        store.close()
+    return result
+
+
+def print_summary(result: CampaignResult, console: Console) -> None:
+    t = Table(title=f"campaign {result.campaign_id}" + (" (interrupted)" if result.interrupted else ""))
+    for col in ("device", "planned", "ok", "failed", "already done", "gave up", "reconnects", "busy", "wall"):
+        t.add_column(col, justify="right" if col != "device" else "left")
+    for r in result.devices.values():
+        busy = f"{100 * r.busy_s / r.wall_s:.0f}%" if r.wall_s > 0 else "-"
+        t.add_row(
+            r.device,
+            str(r.planned),
+            str(r.ok),
+            str(r.failed),
+            str(r.skipped),
+            str(r.gave_up),
+            str(r.reconnects),
+            busy,
+            f"{r.wall_s:.1f} s",
+        )
+    console.print(t)
+    for r in result.devices.values():
+        if r.error:
+            console.print(f"[red]{r.device}: {r.error}[/]")
+    oks = [row for row in result.rows if row["status"] == "ok"]
+    if oks:
+        lt = Table(title="latency (this run)")
+        for col in ("spec", "device", "median ms", "mean ms", "p90 ms"):
+            lt.add_column(col, justify="right" if "ms" in col else "left")
+        for row in sorted(oks, key=lambda r: r["latency_ms_median"])[:30]:
+            lt.add_row(
+                row["spec_id"],
+                row["device"],
+                f"{row['latency_ms_median']:.3f}",
+                f"{row['latency_ms_mean']:.3f}",
+                f"{row['latency_ms_p90']:.3f}",
+            )
+        console.print(lt)
+
+
+def _settings(
+    runtime: str, threads: Optional[int], repeat: int, min_repeat_ms: float, timeout_s: float, energy: str
+) -> MeasureSettings:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads: must be a positive integer, got {threads}")
+    if repeat < 1:
+        raise ConfigError(f"--repeat: must be a positive integer, got {repeat}")
+    if timeout_s <= 0:
+        raise ConfigError(f"--timeout: must be positive, got {timeout_s}")
+    return MeasureSettings(
+        runtime=runtime, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, timeout_s=timeout_s, energy=energy
+    )
+
+
+@click.command("profile")
+@click.argument("specs_file", metavar="SPECS.jsonl")
+@click.option(
+    "--device",
+    "device_names",
+    default="local",
+    show_default=True,
+    help="Device name, or several separated by commas (one worker per device).",
+)
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
+@click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's).")
+@click.option("--repeat", type=int, default=20, show_default=True, help="Timed repeats per model.")
+@click.option(
+    "--min-repeat-ms",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="Each repeat runs the model enough times to last at least this long.",
+)
+@click.option("--energy", default="none", show_default=True, help="Energy meter on the device.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Per-model time limit on the device (s).",
+)
+@click.option(
+    "--max-attempts",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Give up on a model after this many failed measurements.",
+)
+@db_option
+@inventory_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per measurement on stdout.")
+def profile_cmd(
+    specs_file: str,
+    device_names: str,
+    runtime: str,
+    threads: Optional[int],
+    repeat: int,
+    min_repeat_ms: float,
+    energy: str,
+    timeout_s: float,
+    max_attempts: int,
+    db_path: str,
+    inventory_path: Optional[str],
+    as_json: bool,
+) -> None:
+    """Export (cached), ship and measure specs on devices; every result is stored as it arrives.
+
+    Resumable: a rerun skips what was measured ok and retries failures up to --max-attempts.
+    Ctrl-C stops cleanly (measurements in flight are finished and stored).
+    """
+    specs = load_specs_jsonl(specs_file)
+    settings = _settings(runtime, threads, repeat, min_repeat_ms, timeout_s, energy)
+    console = Console(stderr=True)
+    result = run_campaign(
+        specs,
+        device_names,
+        settings,
+        db_path,
+        inventory_path,
+        as_json=as_json,
+        max_attempts=max_attempts,
+        console=console,
+        args={"command": "profile", "specs_file": str(Path(specs_file).resolve())},
+    )
+    print_summary(result, console)
+    if result.interrupted:
+        sys.exit(130)
+    if any(r.error for r in result.devices.values()):
+        sys.exit(1)
+
+
+@click.command("results")
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@click.option("--device", default=None, help="Only this device.")
+@click.option("--status", default=None, help="Only this status (ok, timeout, ...).")
+def results_cmd(db_path: str, as_json: bool, as_csv: bool, device: Optional[str], status: Optional[str]) -> None:
+    """Export measurements from the results database."""
+    if as_json and as_csv:
+        raise ConfigError("choose one of --json and --csv")
+    if not Path(db_path).exists():
+        raise ConfigError(f"--db: {db_path} does not exist")
+    store = Store(db_path, readonly=True)
+    try:
+        filters = {k: v for k, v in (("device", device), ("status", status)) if v is not None}
+        rows = store.export_rows(**filters)
+    finally:
+        store.close()
+    if as_csv:
+        click.echo(rows_to_csv_text(rows), nl=False)
+        return
+    if as_json:
+        for r in rows:
+            emit_json(r)
+        return
+    t = Table(title=f"{len(rows)} measurement(s) in {db_path}")
+    for col in ("spec_id", "device", "runtime", "threads", "status", "median ms", "p90 ms", "energy mJ"):
+        t.add_column(col)
+    for r in rows:
+
+        def f(v: Any) -> str:
+            return "-" if v is None else f"{v:.3f}"
+
+        t.add_row(
+            str(r.get("spec_id")),
+            str(r.get("device")),
+            str(r.get("runtime")),
+            str(r.get("threads") or "-"),
+            str(r.get("status")),
+            f(r.get("latency_ms_median")),
+            f(r.get("latency_ms_p90")),
+            f(r.get("energy_mj")),
+        )
+    Console().print(t)
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (export_cmd, profile_cmd, results_cmd):
+        cli.add_command(cmd)

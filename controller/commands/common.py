@@ -1,0 +1,70 @@
+"""Options and helpers shared by the CLI commands (configuration is read here, in the CLI layer)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+
+from controller.errors import ConfigError
+from controller.inventory import Device, Inventory, default_ssh_config_path, resolve_inventory_path
+
+DEFAULT_DB = "nnflash.db"
+RUNTIMES = ("onnxruntime", "tflite")
+
+
+def inventory_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--inventory",
+        "inventory_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Device inventory (TOML). Default: $NNFLASH_INVENTORY, else ~/.config/nnflash/devices.toml.",
+    )(f)
+
+
+def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False),
+        default=DEFAULT_DB,
+        show_default=True,
+        help="Results database (SQLite).",
+    )(f)
+
+
+def load_inventory(inventory_path: Optional[str]) -> Inventory:
+    return Inventory.load(resolve_inventory_path(inventory_path), ssh_config_path=default_ssh_config_path())
+
+
+def devices_from(inventory: Inventory, names: str) -> list[Device]:
+    out = []
+    for name in [n.strip() for n in names.split(",")]:
+        if not name:
+            raise ConfigError("--device: empty device name in the list")
+        out.append(inventory.get(name))
+    if len({d.name for d in out}) != len(out):
+        raise ConfigError("--device: a device is named twice")
+    return out
+
+
+def connection_options() -> dict[str, Any]:
+    """Options passed to every connection (environment overrides, used by tests and power users)."""
+    opts: dict[str, Any] = {}
+    kh = os.environ.get("NNFLASH_KNOWN_HOSTS")
+    if kh:
+        opts["known_hosts_path"] = kh
+    return opts
+
+
+def artifacts_dir_for(db_path: str) -> Path:
+    p = Path(db_path)
+    return p.parent / f"{p.stem}-artifacts"
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, separators=(",", ":")))
