@@ -371,9 +371,20 @@ def run_measurement(
             "started_unix": started_unix,
             "duration_s": time.monotonic() - started,
             "pid": os.getpid(),
+            "max_rss_mb": _max_rss_mb(),
         }
     )
     return record
+
+
+def _max_rss_mb() -> Optional[float]:
+    """Peak resident memory of this process (the worker: runtime + model), in MiB."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0  # Linux reports KiB
 
 
 def _energy_record(meter: Any, trace: Any, w0: float, w1: float, inferences: int, idle: Any) -> Dict[str, Any]:
