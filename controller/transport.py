@@ -610,6 +610,21 @@ class LocalConnection(Connection):
 # SSH
 
 
+_HASH_PY = "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"
+
+
+def _hash_command(path_expr: str) -> str:
+    """Shell code printing ``<hex> ...`` for one file: coreutils, else Python's hashlib."""
+    py = shlex.quote(_HASH_PY)
+    return f"sha256sum -- {path_expr} 2>/dev/null || python3 -c {py} {path_expr} 2>/dev/null"
+
+
+# The helper loop: one path per input line -> one line with its hash (empty if unreadable).
+_HASHER_LOOP = "sh -c " + shlex.quote(
+    "while IFS= read -r p; do h=$(" + _hash_command('"$p"') + '); echo "${h%% *}"; done'
+)
+
+
 def _hostkey_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
@@ -659,6 +674,9 @@ class SSHConnection(Connection):
         self._client: Any = None
         self._chan: Any = None
         self._sftp: Any = None
+        self._hasher: Any = None
+        self._hasher_reader: Any = None
+        self._hasher_lock = threading.Lock()
         self.connect_attempts = 0
         #: (name, key type, fingerprint) when accept_new_host_key pinned a key on this connection
         self.pinned_key: Optional[Tuple[str, str, str]] = None
@@ -817,6 +835,7 @@ class SSHConnection(Connection):
                 pass
 
     def _close_stream(self, graceful: bool) -> None:
+        self._close_hasher()
         sftp, self._sftp = self._sftp, None
         chan, self._chan = self._chan, None
         for obj in (sftp, chan):
@@ -898,12 +917,51 @@ class SSHConnection(Connection):
             pass
 
     def _remote_sha256(self, path: str) -> str:
-        q = shlex.quote(path)
-        py = "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"
-        command = f"sha256sum -- {q} 2>/dev/null || python3 -c {shlex.quote(py)} {q}"
-        out = self.exec(command, timeout_s=120.0)
-        token = out.split()[0] if out.split() else ""
-        return token.lower() if _SHA256_RE.match(token.lower()) else ""
+        """sha256 of a file on the device, computed there ('' if it cannot be read).
+
+        Uses one long-lived helper shell per connection (a path per line in, a hash per line out):
+        an exec per file would start the user's login shell each time, which costs hundreds of
+        milliseconds when ~/.bashrc is heavy."""
+        if "\n" in path or "\r" in path:
+            out = self.exec(_hash_command(shlex.quote(path)), timeout_s=120.0)
+            token = out.split()[0].lower() if out.split() else ""
+            return token if _SHA256_RE.match(token) else ""
+        with self._hasher_lock:
+            if self._hasher is None or self._hasher.closed:
+                self._hasher = self._open_hasher()
+            chan, reader = self._hasher, self._hasher_reader
+            try:
+                chan.sendall(path.encode("utf-8") + b"\n")
+                line = reader.readline()
+            except Exception as exc:
+                self._close_hasher()
+                raise self._error(f"remote sha256 of {path} failed: {exc}") from None
+            if not line.endswith(b"\n"):
+                self._close_hasher()
+                raise self._error(f"remote sha256 of {path}: helper shell ended")
+        token = line.decode("ascii", "replace").strip().lower()
+        return token if _SHA256_RE.match(token) else ""
+
+    def _open_hasher(self) -> Any:
+        client = self._client
+        if self._dead is not None or client is None:
+            raise self._error(f"not connected ({self._dead})")
+        try:
+            chan = client.get_transport().open_session(timeout=self.connect_timeout_s)
+            chan.settimeout(120.0)
+            chan.exec_command(_HASHER_LOOP)
+        except Exception as exc:
+            raise self._error(f"cannot start the sha256 helper: {exc}") from None
+        self._hasher_reader = chan.makefile("rb")
+        return chan
+
+    def _close_hasher(self) -> None:
+        chan, self._hasher = self._hasher, None
+        if chan is not None:
+            try:
+                chan.close()
+            except Exception:
+                pass
 
     def exec(self, command: str, timeout_s: float = 60.0) -> str:
         """Run one command on the device (separate exec channel); returns its stdout as text."""

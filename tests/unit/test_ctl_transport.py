@@ -341,3 +341,36 @@ def test_ssh_retries_with_bounded_backoff(tmp_path: Path) -> None:
     assert not isinstance(exc.value, HostKeyError)
     assert sleeps == [0.5, 1.0, 2.0, 2.0, 2.0]
     assert conn.connect_attempts == 6
+
+
+# ---- the device-side sha256 helper (run here with a local shell)
+
+
+@pytest.mark.parametrize("coreutils", [True, False])
+def test_hasher_loop(tmp_path: Path, coreutils: bool) -> None:
+    import shutil
+    import subprocess
+
+    from controller.transport import _HASHER_LOOP
+
+    a = tmp_path / "a b.bin"
+    a.write_bytes(b"hello")
+    env = dict(os.environ)
+    if not coreutils:  # a PATH with sh and python3 but no sha256sum
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        for tool in ("sh", "python3"):
+            found = shutil.which(tool, path="/usr/bin:/bin") or shutil.which(tool)
+            if found is None:
+                pytest.skip(f"{tool} not found")
+            (bindir / tool).symlink_to(found)
+        env["PATH"] = str(bindir)
+    out = subprocess.run(
+        ["/bin/sh", "-c", _HASHER_LOOP],
+        input=f"{a}\n{tmp_path / 'missing'}\n{a}\n".encode(),
+        capture_output=True,
+        env=env,
+        check=True,
+    ).stdout.decode()
+    want = hashlib.sha256(b"hello").hexdigest()
+    assert out.splitlines() == [want, "", want]
