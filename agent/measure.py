@@ -153,6 +153,12 @@ def parse_options(raw: Dict[str, Any], allow_test_hooks: bool = False) -> Dict[s
     if eopts is not None and not isinstance(eopts, dict):
         raise _bad("'energy_options' must be an object")
     opts["energy_options"] = eopts or {}
+    from agent.energy import MeterError, make_meter
+
+    try:  # constructing a meter checks its options; no hardware is touched before open()
+        make_meter(energy, opts["energy_options"])
+    except MeterError as exc:
+        raise _bad(str(exc)) from None
     if not isinstance(args["isolate"], bool):
         raise _bad("'isolate' must be a boolean")
     opts["isolate"] = args["isolate"]

@@ -222,27 +222,48 @@ def serve(agent: Agent, stdin: Optional[IO[bytes]] = None, out: Optional[IO[byte
         out = os.fdopen(os.dup(1), "wb", buffering=0)
         os.dup2(2, 1)
         sys.stdout = sys.stderr
+        _install_stop_signals()
     if stdin is None:
         stdin = sys.stdin.buffer
     _log(f"serving (protocol v{PROTOCOL_VERSION}, store {agent.store.root})")
-    while True:
-        try:
+    try:
+        while True:
             line = _read_line(stdin)
-        except KeyboardInterrupt:
-            return 130
-        if line is None:
-            return 0
-        if not line.strip():
-            continue
-        response, stop = agent.handle_line(line)
-        try:
-            data = encode(response)
-        except (TypeError, ValueError) as exc:
-            data = encode(make_response(response.get("id"), INTERNAL, None, f"unencodable: {exc}"))
-        try:
-            out.write(data)
-            out.flush()
-        except (BrokenPipeError, OSError):
-            return 0
-        if stop:
-            return 0
+            if line is None:
+                return 0
+            if not line.strip():
+                continue
+            response, stop = agent.handle_line(line)
+            try:
+                data = encode(response)
+            except (TypeError, ValueError) as exc:
+                rid = response.get("id")
+                data = encode(make_response(rid, INTERNAL, None, f"unencodable: {exc}"))
+            try:
+                out.write(data)
+                out.flush()
+            except (BrokenPipeError, OSError):
+                return 0
+            if stop:
+                return 0
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM/SIGHUP via _install_stop_signals
+        _log("stopped by a signal")
+        return 130
+
+
+def _install_stop_signals() -> None:
+    """SIGTERM and SIGHUP (the SSH session went away) stop the agent like Ctrl-C, so a running
+    worker is killed on the way out instead of being left behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, stop)

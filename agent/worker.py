@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from agent.protocol import CRASHED, INTERNAL, OK, TIMEOUT, json_safe
 
@@ -26,14 +26,31 @@ __all__ = ["run_isolated", "run_job", "main"]
 STDERR_TAIL = 2000
 
 
-def _pythonpath_env() -> Dict[str, str]:
-    """The child's environment: the agent package importable even when not installed."""
-    env = dict(os.environ)
+def _worker_command() -> List[str]:
+    """``python -c <bootstrap>``: import the same ``agent`` package as this process. The package's
+    parent directory is put on ``sys.path`` only when it is not there already (a source checkout), so
+    an installed agent never gets site-packages moved ahead of the standard library."""
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parts = [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
-    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-    return env
+    boot = (
+        "import sys\n"
+        f"p = {pkg_parent!r}\n"
+        "sys.path[:] = [x for x in sys.path if x != '']\n"
+        "if p not in sys.path: sys.path.insert(0, p)\n"
+        "from agent.worker import main\n"
+        "sys.exit(main())\n"
+    )
+    return [sys.executable, "-c", boot]
+
+
+def _forward_stderr(data: bytes) -> None:
+    """The worker's own log lines (runtime chatter) go to the agent's stderr, for humans."""
+    if not data:
+        return
+    try:
+        sys.stderr.write(data.decode("utf-8", "replace"))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _tail(data: bytes) -> str:
@@ -41,6 +58,16 @@ def _tail(data: bytes) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     tail = " | ".join(lines[-5:])
     return tail[-STDERR_TAIL:]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        try:
+            proc.kill()
+        except OSError:
+            pass
 
 
 def run_job(job: Dict[str, Any]) -> Dict[str, Any]:
@@ -57,29 +84,32 @@ def run_job(job: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run_isolated(job: Dict[str, Any], timeout_s: float) -> Tuple[str, Optional[str], Any]:
-    """Run a job in a fresh ``python -m agent.worker``; returns ``(status, error, result)``."""
+    """Run a job in a fresh worker process; returns ``(status, error, result)``."""
     payload = json.dumps(job).encode("utf-8")
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.worker"],
+            _worker_command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=_pythonpath_env(),
-            start_new_session=True,  # our signals (Ctrl-C on the agent) are not the child's
+            cwd="/",  # nothing in the caller's directory can shadow a module
+            start_new_session=True,  # our terminal's signals are not the child's; killpg reaches all
         )
     except OSError as exc:
         return INTERNAL, f"cannot start the measurement worker: {exc}", None
     try:
         out, err = proc.communicate(payload, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            proc.kill()
+        _kill_group(proc)
         out, err = proc.communicate()
+        _forward_stderr(err)
         return TIMEOUT, f"measurement killed after timeout_s={timeout_s:g} s", None
+    except BaseException:  # interrupted (SIGINT/SIGTERM/SIGHUP in the agent): take the child along
+        _kill_group(proc)
+        proc.wait()
+        raise
+    _forward_stderr(err)
     rc = proc.returncode
     if rc < 0:
         try:

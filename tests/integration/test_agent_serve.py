@@ -317,3 +317,33 @@ def test_cleanup(agent):
     assert len(agent.ask("list")["result"]["artifacts"]) == 1
     assert agent.ask("cleanup")["result"] == {"removed": 1}
     assert agent.ask("list")["result"]["artifacts"] == []
+
+
+@pytest.mark.skipif(not have("onnxruntime"), reason="onnxruntime not installed")
+def test_sigterm_during_a_measurement_takes_the_worker_along(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    a = AgentProc(tmp_path)
+    try:
+        sha = a.put(tiny_onnx_bytes(), "onnx")
+        req = P.make_request("measure", "hang", measure_args(sha, _test_fault="hang", timeout_s=60))
+        assert a.proc.stdin is not None
+        a.proc.stdin.write(P.encode(req))
+        a.proc.stdin.flush()
+        parent = psutil.Process(a.proc.pid)
+        deadline = time.monotonic() + 20
+        workers: list = []
+        while time.monotonic() < deadline and not workers:
+            workers = parent.children(recursive=True)
+            time.sleep(0.05)
+        assert workers, "no worker process appeared"
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(timeout=10) == 130
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive
+    finally:
+        if a.proc.poll() is None:
+            a.proc.kill()
