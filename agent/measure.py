@@ -2,9 +2,10 @@
 
 Counting rule (the one place it is written down)
 ------------------------------------------------
-1. **Load.** The model is loaded (``load_ms``: session/interpreter creation and tensor allocation),
-   inputs are drawn once from ``numpy.random.default_rng(seed)`` to the model's input shapes/dtypes
-   (dynamic dimensions become 1) and reused for every call.
+1. **Load.** The runtime module is imported (``import_ms``), then the model is loaded
+   (``load_ms``: session/interpreter creation and tensor allocation); inputs are drawn once from
+   ``numpy.random.default_rng(seed)`` to the model's input shapes/dtypes (dynamic dimensions
+   become 1) and reused for every call.
 2. **First inference.** The first call is timed on its own (``first_inference_ms``) and is the first
    warm-up call.
 3. **Warm-up.** Calls continue until at least ``warmup_runs`` calls in total *and* at least
@@ -237,8 +238,11 @@ def run_measurement(
 
     # 1. load
     runner = make_runner(runtime)
-    t0 = time.perf_counter_ns()
     try:
+        t_import = time.perf_counter_ns()
+        runner.import_runtime()
+        t0 = time.perf_counter_ns()
+        import_ms = (t0 - t_import) / 1e6
         runner.load(model_path, opts.get("threads"))
     except RuntimeUnavailable as exc:
         raise MeasurementFailed(RUNTIME_UNAVAILABLE, str(exc)) from None
@@ -360,6 +364,7 @@ def run_measurement(
             "calibration": calibration,
             "warmup_runs": warm_calls,
             "warmup_s": warmup_s,
+            "import_ms": import_ms,
             "load_ms": load_ms,
             "first_inference_ms": first_ns / 1e6,
             "timed_s": w1 - w0,

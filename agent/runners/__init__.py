@@ -55,6 +55,10 @@ class Runner:
         self.version: Optional[str] = None
         self.threads: Optional[int] = None
 
+    def import_runtime(self) -> None:
+        """Import the runtime module (raise :class:`RuntimeUnavailable` if missing). Separate from
+        :meth:`load` so that ``load_ms`` times model loading, not the module import."""
+
     def load(self, path: str, threads: Optional[int]) -> None:
         raise NotImplementedError
 

@@ -32,15 +32,22 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self) -> None:
         super().__init__()
+        self._ort: Any = None
         self._sess: Any = None
         self._feed: Dict[str, Any] = {}
 
-    def load(self, path: str, threads: Optional[int]) -> None:
+    def import_runtime(self) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise RuntimeUnavailable(f"onnxruntime is not installed ({exc})") from None
+        self._ort = ort
         self.version = ort.__version__
+
+    def load(self, path: str, threads: Optional[int]) -> None:
+        if self._ort is None:
+            self.import_runtime()
+        ort = self._ort
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

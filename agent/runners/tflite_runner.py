@@ -37,12 +37,19 @@ class TfliteRunner(Runner):
     def __init__(self) -> None:
         super().__init__()
         self._interp: Any = None
+        self._interpreter_cls: Any = None
         self.module: Optional[str] = None
 
-    def load(self, path: str, threads: Optional[int]) -> None:
+    def import_runtime(self) -> None:
         interpreter_cls, module, version = import_interpreter()
+        self._interpreter_cls = interpreter_cls
         self.module = module
         self.version = f"{module} {version}"
+
+    def load(self, path: str, threads: Optional[int]) -> None:
+        if self._interpreter_cls is None:
+            self.import_runtime()
+        interpreter_cls = self._interpreter_cls
         self.threads = threads
         kwargs: Dict[str, Any] = {"model_path": path}
         if threads is not None:
