@@ -15,8 +15,10 @@ Two implementations of one API (:class:`Connection`):
   - a *changed* key (or a host known only with another key type) is always refused.
 
   Connecting retries network errors with bounded exponential backoff (never host-key or
-  authentication errors); keepalives are sent every ``keepalive_s``. The agent is started by an exec
-  channel running the device's ``agent_command``.
+  authentication errors). SSH keepalives are sent every ``keepalive_s`` and the TCP socket gets
+  ``TCP_USER_TIMEOUT`` (Linux), so a silently vanished device becomes a dropped connection within
+  about ``keepalive_s + dead_peer_timeout_s``. The agent is started by an exec channel running the
+  device's ``agent_command``.
 
 Requests carry generated (or caller-chosen) ids and responses are matched by id, so several threads
 may share one connection. A request that gets no answer within ``timeout_s`` raises
@@ -237,6 +239,13 @@ class Connection(abc.ABC):
         if pending.response is None:
             raise self._error(f"connection lost while waiting for {verb} ({self._dead})", rid)
         return pending.response
+
+    def ping(self, timeout_s: float = 5.0) -> float:
+        """A cheap round trip through the agent (``results`` for no ids); returns it in ms. Raises
+        like :meth:`request` when the device does not answer in time."""
+        t0 = time.perf_counter()
+        self.request("results", {"ids": []}, timeout_s=timeout_s)
+        return (time.perf_counter() - t0) * 1e3
 
     def results(self, ids: Sequence[str], timeout_s: float = 60.0) -> Dict[str, Any]:
         """Fetch journaled responses by request id: ``{id: response-or-None}``."""
@@ -530,9 +539,9 @@ class LocalConnection(Connection):
             ) from None
         self._proc = proc
         assert proc.stdout is not None and proc.stderr is not None
-        out, err = proc.stdout, proc.stderr
-        self._start_reader(lambda: out.read1(65536) if hasattr(out, "read1") else out.read(1), "out")
-        self._start_stderr_reader(lambda: err.read1(65536) if hasattr(err, "read1") else b"")
+        out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        self._start_reader(lambda: os.read(out_fd, 65536), "out")
+        self._start_stderr_reader(lambda: os.read(err_fd, 65536))
 
     def _eof_reason(self) -> str:
         proc = self._proc
@@ -635,7 +644,10 @@ class SSHConnection(Connection):
     ``known_hosts_path``: the user's OpenSSH known_hosts, read only (default ``~/.ssh/known_hosts``;
     pass a path that does not exist to ignore it). ``pinned_hosts_path``: nnflash's own file, where
     ``accept_new_host_key=True`` records new keys (default ``<config dir>/known_hosts``).
-    ``look_for_keys`` / ``allow_agent``: also try ``~/.ssh/id_*`` and a running ssh-agent.
+    ``look_for_keys`` / ``allow_agent``: also try ``~/.ssh/id_*`` and a running ssh-agent (the way
+    to use a passphrase-protected key: nnflash never asks for or stores a passphrase).
+    ``retries``, ``backoff_s``, ``backoff_max_s``: connection attempts after the first, with
+    sleeps ``backoff_s * 2**k`` capped at ``backoff_max_s``.
     """
 
     def __init__(
@@ -647,6 +659,7 @@ class SSHConnection(Connection):
         accept_new_host_key: bool = False,
         connect_timeout_s: float = 10.0,
         keepalive_s: float = 15.0,
+        dead_peer_timeout_s: float = 30.0,
         retries: int = 3,
         backoff_s: float = 0.5,
         backoff_max_s: float = 8.0,
@@ -665,6 +678,7 @@ class SSHConnection(Connection):
         self.accept_new_host_key = accept_new_host_key
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
+        self.dead_peer_timeout_s = dead_peer_timeout_s
         self.retries = max(0, int(retries))
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
@@ -677,6 +691,7 @@ class SSHConnection(Connection):
         self._hasher: Any = None
         self._hasher_reader: Any = None
         self._hasher_lock = threading.Lock()
+        self._sftp_lock = threading.RLock()
         self.connect_attempts = 0
         #: (name, key type, fingerprint) when accept_new_host_key pinned a key on this connection
         self.pinned_key: Optional[Tuple[str, str, str]] = None
@@ -708,6 +723,10 @@ class SSHConnection(Connection):
     def _connect_with_retries(self) -> Any:
         import paramiko
 
+        if self.device.key_file:
+            key_path = Path(os.path.expanduser(self.device.key_file))
+            if not key_path.is_file():
+                raise TransportError(f"device {self._describe()}: key file {key_path} not found (check --key)")
         attempts = self.retries + 1
         last: Optional[BaseException] = None
         for attempt in range(attempts):
@@ -716,6 +735,8 @@ class SSHConnection(Connection):
                 return self._connect_once()
             except HostKeyError:
                 raise
+            except _NoRetry as exc:
+                raise TransportError(str(exc)) from None
             except paramiko.BadHostKeyException as exc:  # pragma: no cover - handled in _connect_once
                 raise HostKeyError(str(exc)) from None
             except paramiko.AuthenticationException as exc:
@@ -746,10 +767,12 @@ class SSHConnection(Connection):
                 client.get_host_keys().add(name, ktype, key)
         client.set_missing_host_key_policy(_Policy(self, known, pinned))
         key_file = os.path.expanduser(self.device.key_file) if self.device.key_file else None
+        sock = self._open_socket()
         try:
             client.connect(
                 hostname=self.device.host,
                 port=self.device.port,
+                sock=sock,
                 username=self.user,
                 key_filename=key_file,
                 look_for_keys=self.look_for_keys,
@@ -773,8 +796,34 @@ class SSHConnection(Connection):
             ) from None
         except BaseException:
             client.close()
+            sock.close()
             raise
         return client
+
+    def _open_socket(self) -> socket.socket:
+        """TCP connection with kernel keepalives and ``TCP_USER_TIMEOUT`` (Linux), so a peer that
+        vanishes silently (pulled cable, Wi-Fi gone) turns into a read error within about
+        ``keepalive_s + dead_peer_timeout_s`` instead of TCP's default of many minutes."""
+        try:
+            sock = socket.create_connection((self.device.host, self.device.port), timeout=self.connect_timeout_s)
+        except socket.gaierror as exc:
+            raise _NoRetry(f"device {self._describe()}: cannot resolve host {self.device.host!r}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle = max(1, int(self.keepalive_s or 15))
+        for name, value in (
+            ("TCP_KEEPIDLE", idle),
+            ("TCP_KEEPINTVL", idle),
+            ("TCP_KEEPCNT", 3),
+            ("TCP_USER_TIMEOUT", int(self.dead_peer_timeout_s * 1000)),
+        ):
+            opt = getattr(socket, name, None)
+            if opt is not None and value > 0:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+                except OSError:
+                    pass
+        return sock
 
     @staticmethod
     def _load_host_keys(path: Path) -> Any:
@@ -859,6 +908,10 @@ class SSHConnection(Connection):
         return self._sftp
 
     def _sftp_call(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        with self._sftp_lock:  # one SFTP session per connection, used by one thread at a time
+            return self._sftp_call_locked(what, fn)
+
+    def _sftp_call_locked(self, what: str, fn: Callable[[Any], Any]) -> Any:
         sftp = self._sftp_client()
         try:
             return fn(sftp)
@@ -1020,6 +1073,10 @@ class _Policy:
             )
         conn._pin(hostname, key)
         client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+class _NoRetry(Exception):
+    """A connection error that retrying cannot fix."""
 
 
 def _short(exc: Optional[BaseException]) -> str:

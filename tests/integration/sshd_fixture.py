@@ -98,9 +98,18 @@ def _comm(pid: int) -> str:
 
 
 class SSHServer:
-    """sshd on 127.0.0.1:<port> for tests; everything lives under ``workdir``."""
+    """sshd on <address>:<port> for tests (loopback by default, or inside a network namespace);
+    everything lives under ``workdir``."""
 
-    def __init__(self, workdir: Path, port: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: Optional[int] = None,
+        address: str = "127.0.0.1",
+        netns: Optional[str] = None,
+    ) -> None:
+        self.address = address
+        self.netns = netns
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -119,14 +128,14 @@ class SSHServer:
 
     @property
     def hostkey_name(self) -> str:
-        return f"[127.0.0.1]:{self.port}"
+        return f"[{self.address}]:{self.port}"
 
     def _write_config(self) -> None:
         self.config.write_text(
             "\n".join(
                 [
                     f"Port {self.port}",
-                    "ListenAddress 127.0.0.1",
+                    f"ListenAddress {self.address}",
                     f"HostKey {self.host_key}",
                     f"PidFile {self.workdir / 'sshd.pid'}",
                     f"AuthorizedKeysFile {self.authorized_keys}",
@@ -154,7 +163,8 @@ class SSHServer:
         assert self.proc is None, "already running"
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self.proc = subprocess.Popen(
-            [SSHD, "-D", "-f", str(self.config), "-E", str(self.log)],
+            (["ip", "netns", "exec", self.netns] if self.netns else [])
+            + [SSHD, "-D", "-f", str(self.config), "-E", str(self.log)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -166,7 +176,7 @@ class SSHServer:
                 self.proc = None
                 raise RuntimeError(f"sshd exited at start: {log[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                with socket.create_connection((self.address, self.port), timeout=0.5) as s:
                     s.settimeout(1.0)
                     if s.recv(64).startswith(b"SSH-"):
                         return
@@ -203,6 +213,64 @@ class SSHServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class NetNS:
+    """A network namespace joined to this host by a veth pair: the host side gets ``host_ip``, the
+    namespace ``device_ip``. ``link_down()`` takes the device's end down, so packets to it vanish
+    silently (a pulled cable), unlike a stopped server that answers with resets."""
+
+    def __init__(self, tag: int) -> None:
+        self.name = f"nnfl{os.getpid() % 10000}x{tag}"
+        self.host_if = f"nh{os.getpid() % 10000}x{tag}"
+        self.dev_if = f"nd{os.getpid() % 10000}x{tag}"
+        octet = 1 + (os.getpid() + tag * 7) % 250
+        self.host_ip = f"10.213.{octet}.1"
+        self.device_ip = f"10.213.{octet}.2"
+        ns = ["ip", "netns", "exec", self.name]
+        steps = [
+            ["ip", "netns", "add", self.name],
+            ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.dev_if],
+            ["ip", "link", "set", self.dev_if, "netns", self.name],
+            ["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if],
+            ["ip", "link", "set", self.host_if, "up"],
+            ns + ["ip", "addr", "add", f"{self.device_ip}/30", "dev", self.dev_if],
+            ns + ["ip", "link", "set", self.dev_if, "up"],
+            ns + ["ip", "link", "set", "lo", "up"],
+        ]
+        try:
+            for cmd in steps:
+                subprocess.run(cmd, check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            self.destroy()
+            raise
+
+    def _set_link(self, state: str) -> None:
+        subprocess.run(
+            ["ip", "netns", "exec", self.name, "ip", "link", "set", self.dev_if, state],
+            check=True,
+            capture_output=True,
+        )
+
+    def link_down(self) -> None:
+        self._set_link("down")
+
+    def link_up(self) -> None:
+        self._set_link("up")
+
+    def destroy(self) -> None:
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def netns_skip_reason() -> Optional[str]:
+    if not os.path.exists(SSHD):
+        return SKIP_REASON
+    if shutil.which("ip") is None:
+        return "`ip` (iproute2) not installed; run scripts/install_system_deps.sh"
+    if os.geteuid() != 0:
+        return "network namespaces need root (CAP_NET_ADMIN)"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -310,6 +378,25 @@ def real_agent_command(store: Path) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # pytest fixtures (import them into the test module)
+
+
+@pytest.fixture
+def netns_sshd(tmp_path: Path) -> Iterator[tuple]:
+    """(SSHServer inside a network namespace, NetNS)."""
+    reason = netns_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        net = NetNS(1)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot create a network namespace here: {exc}")
+    server = SSHServer(tmp_path / "sshd-ns", address=net.device_ip, netns=net.name)
+    try:
+        server.start()
+        yield server, net
+    finally:
+        server.stop(agents_too=True)
+        net.destroy()
 
 
 @pytest.fixture
