@@ -37,6 +37,11 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="speak the JSON-lines protocol on stdin/stdout")
     s.add_argument("--store", help="artifact store directory (default: XDG cache)")
     s.add_argument("--journal", help="journal file (default: XDG cache)")
+    s.add_argument(
+        "--prespawn",
+        action="store_true",
+        help="keep a spare measurement worker started (faster measure turn-around, more memory)",
+    )
 
     i = sub.add_parser("info", help="print device facts and state")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -266,7 +271,11 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     from agent.store import default_journal_path, default_store_dir
 
     try:
-        agent = Agent(ns.store or default_store_dir(), ns.journal or default_journal_path())
+        agent = Agent(
+            ns.store or default_store_dir(),
+            ns.journal or default_journal_path(),
+            prespawn=ns.prespawn,
+        )
     except OSError as exc:
         raise UsageError(f"cannot use the store: {exc}") from None
     return serve(agent)

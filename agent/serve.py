@@ -54,9 +54,11 @@ class Agent:
         journal_path: str,
         telemetry: Optional[Any] = None,
         allow_test_hooks: Optional[bool] = None,
+        prespawn: bool = False,
     ) -> None:
         from agent.journal import Journal
         from agent.store import Store
+        from agent.worker import WorkerPool
 
         self.store = Store(store_dir)
         self.store.ensure()
@@ -66,6 +68,9 @@ class Agent:
         if allow_test_hooks is None:
             allow_test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
         self.allow_test_hooks = allow_test_hooks
+        self.pool = WorkerPool(prespawn=prespawn)
+        self._last_runtime: Optional[str] = None
+        self._refill = False
 
     @property
     def telemetry(self) -> Any:
@@ -170,7 +175,8 @@ class Agent:
         job = {"model_path": path, "runtime": runtime, "options": opts}
         t0 = time.monotonic()
         if opts["isolate"]:
-            status, error, result = run_isolated(job, opts["timeout_s"])
+            status, error, result = run_isolated(job, opts["timeout_s"], self.pool)
+            self._last_runtime, self._refill = runtime, True
         else:
             answer = run_job(job)
             status, error, result = answer["status"], answer["error"], answer["result"]
@@ -180,6 +186,15 @@ class Agent:
             result["artifact"] = ref
             result["wall_s"] = time.monotonic() - t0
         return make_response(rid, status, json_safe(result), error)
+
+    def after_response(self) -> None:
+        """Called once a response is on its way: the idle moment to start a spare worker."""
+        if self._refill:
+            self._refill = False
+            self.pool.refill(self._last_runtime)
+
+    def close(self) -> None:
+        self.pool.close()
 
     def _journal(self, rid: str, response: Dict[str, Any]) -> None:
         try:
@@ -246,9 +261,12 @@ def serve(agent: Agent, stdin: Optional[IO[bytes]] = None, out: Optional[IO[byte
                 return 0
             if stop:
                 return 0
+            agent.after_response()
     except KeyboardInterrupt:  # SIGINT, or SIGTERM/SIGHUP via _install_stop_signals
         _log("stopped by a signal")
         return 130
+    finally:
+        agent.close()
 
 
 def _install_stop_signals() -> None:

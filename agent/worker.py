@@ -26,7 +26,7 @@ __all__ = ["run_isolated", "run_job", "main"]
 STDERR_TAIL = 2000
 
 
-def _worker_command() -> List[str]:
+def _worker_command(preload: Optional[str] = None) -> List[str]:
     """``python -c <bootstrap>``: import the same ``agent`` package as this process. The package's
     parent directory is put on ``sys.path`` only when it is not there already (a source checkout), so
     an installed agent never gets site-packages moved ahead of the standard library."""
@@ -37,9 +37,9 @@ def _worker_command() -> List[str]:
         "sys.path[:] = [x for x in sys.path if x != '']\n"
         "if p not in sys.path: sys.path.insert(0, p)\n"
         "from agent.worker import main\n"
-        "sys.exit(main())\n"
+        "sys.exit(main(sys.argv[1:]))\n"
     )
-    return [sys.executable, "-c", boot]
+    return [sys.executable, "-c", boot] + ([preload] if preload else [])
 
 
 def _forward_stderr(data: bytes) -> None:
@@ -58,6 +58,76 @@ def _tail(data: bytes) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     tail = " | ".join(lines[-5:])
     return tail[-STDERR_TAIL:]
+
+
+def _spawn(preload: Optional[str] = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        _worker_command(preload),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",  # nothing in the caller's directory can shadow a module
+        start_new_session=True,  # our terminal's signals are not the child's; killpg reaches all
+    )
+
+
+class WorkerPool:
+    """Hands out worker processes, one job each.
+
+    With ``prespawn``, :meth:`refill` (called after a response has been sent, when the device is
+    otherwise idle) starts a spare worker that imports numpy and the last runtime ahead of time and
+    then waits for its job, so the next measurement does not wait for Python's start-up (seconds on
+    a Raspberry Pi). Isolation is unchanged: every measurement still gets a process of its own. The
+    spare costs memory while idle (the runtime is loaded in it), so it is off by default.
+    """
+
+    def __init__(self, prespawn: bool = False) -> None:
+        self.prespawn = prespawn
+        self._spare: Optional[subprocess.Popen[bytes]] = None
+
+    def take(self) -> subprocess.Popen[bytes]:
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.poll() is None:
+            return spare
+        if spare is not None:
+            _reap(spare)
+        return _spawn()
+
+    def refill(self, runtime: Optional[str]) -> None:
+        if not self.prespawn or (self._spare is not None and self._spare.poll() is None):
+            return
+        try:
+            self._spare = _spawn(runtime)
+        except OSError:
+            self._spare = None
+
+    def spare_pid(self) -> Optional[int]:
+        return self._spare.pid if self._spare is not None else None
+
+    def close(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            _kill_group(spare)
+            _reap(spare)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        pass
+
+
+def _preload(runtime: str) -> None:
+    """Import what a measurement with ``runtime`` will need (best effort, errors surface later)."""
+    try:
+        import numpy  # noqa: F401
+
+        from agent.runners import make_runner
+
+        make_runner(runtime).import_runtime()
+    except Exception:
+        pass
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -83,19 +153,15 @@ def run_job(job: Dict[str, Any]) -> Dict[str, Any]:
         return {"status": INTERNAL, "error": f"{type(exc).__name__}: {exc}", "result": None}
 
 
-def run_isolated(job: Dict[str, Any], timeout_s: float) -> Tuple[str, Optional[str], Any]:
-    """Run a job in a fresh worker process; returns ``(status, error, result)``."""
+def run_isolated(
+    job: Dict[str, Any], timeout_s: float, pool: Optional[WorkerPool] = None
+) -> Tuple[str, Optional[str], Any]:
+    """Run a job in a fresh worker process (from ``pool`` when given); returns
+    ``(status, error, result)``."""
     payload = json.dumps(job).encode("utf-8")
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            _worker_command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd="/",  # nothing in the caller's directory can shadow a module
-            start_new_session=True,  # our terminal's signals are not the child's; killpg reaches all
-        )
+        proc = pool.take() if pool is not None else _spawn()
     except OSError as exc:
         return INTERNAL, f"cannot start the measurement worker: {exc}", None
     try:
@@ -139,11 +205,13 @@ def run_isolated(job: Dict[str, Any], timeout_s: float) -> Tuple[str, Optional[s
     return status, error, result
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     # Keep the real stdout for the answer; everything else written to fd 1 goes to stderr.
     answer_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    if argv:
+        _preload(argv[0])
     try:
         job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
         answer = run_job(job)
@@ -157,8 +225,14 @@ def main() -> int:
     with os.fdopen(answer_fd, "wb") as f:
         f.write(data)
         f.flush()
-    return 0
+    # The answer is out: skip interpreter and runtime teardown (it can take a noticeable time with a
+    # runtime loaded, and the parent waits for this process to end).
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -72,7 +72,7 @@ def sha256(path: Path) -> str:
 class Agent:
     """``nnflash-agent serve`` as a subprocess."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: tuple = ()) -> None:
         self.store = tmp / "store"
         self.store.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
@@ -88,6 +88,7 @@ class Agent:
                 str(self.store),
                 "--journal",
                 str(tmp / "journal.jsonl"),
+                *extra,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

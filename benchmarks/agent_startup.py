@@ -5,7 +5,9 @@
 - RSS of the idle serving process after hello, after an isolated onnxruntime measurement (the runtime
   loads only in the worker), and after an in-process one (``isolate: false``: onnxruntime loaded in the
   serving process) - target < 60 MB for the idle agent;
-- the worker's peak RSS as it reports it (``max_rss_mb``).
+- the worker's peak RSS as it reports it (``max_rss_mb``);
+- measure turn-around (request to response, tiny model, 1 s of controller idle time between
+  requests) with and without ``serve --prespawn``, and the RSS of the agent plus its spare worker.
 
     python benchmarks/agent_startup.py [--spawns 10]
 """
@@ -27,6 +29,7 @@ from benchmarks.agent_common import Agent, make_onnx_mlp  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spawns", type=int, default=10)
+    ap.add_argument("--turns", type=int, default=5)
     ns = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nnflash-startup-"))
 
@@ -60,7 +63,35 @@ def main() -> int:
         print(f"RSS serving process with onnxruntime loaded in it:    {agent.rss_mb():6.1f} MB   (isolate=false)")
     finally:
         agent.close()
+
+    for extra in ((), ("--prespawn",)):
+        agent = Agent(tmp / f"turn{len(extra)}", extra)
+        try:
+            agent.ask("hello")
+            ref = agent.put(model)
+            walls = []
+            for _ in range(ns.turns):
+                t = time.perf_counter()
+                r = agent.ask("measure", dict(args, repeat=3, warmup_s=0.0))
+                walls.append(time.perf_counter() - t)
+                assert r["status"] == "ok", r
+                time.sleep(1.0)
+            label = "serve --prespawn" if extra else "serve           "
+            total = agent.rss_mb() + _children_rss_mb(agent.proc.pid)
+            print(
+                f"{label} measure turn-around median {statistics.median(walls) * 1000:5.0f} ms"
+                f" (in-worker {r['result']['duration_s'] * 1000:.0f} ms);"
+                f" idle RSS agent + spare {total:.1f} MB"
+            )
+        finally:
+            agent.close()
     return 0
+
+
+def _children_rss_mb(pid: int) -> float:
+    import psutil
+
+    return sum(c.memory_info().rss for c in psutil.Process(pid).children(recursive=True)) / 2**20
 
 
 if __name__ == "__main__":

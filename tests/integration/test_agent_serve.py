@@ -58,7 +58,7 @@ def tiny_onnx_bytes() -> bytes:
 
 
 class AgentProc:
-    def __init__(self, tmp: Path, hooks: bool = True) -> None:
+    def __init__(self, tmp: Path, hooks: bool = True, extra: tuple = ()) -> None:
         self.store = tmp / "store"
         self.journal = tmp / "journal.jsonl"
         env = dict(os.environ)
@@ -66,7 +66,17 @@ class AgentProc:
         if hooks:
             env["NNFLASH_AGENT_TEST_HOOKS"] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "serve", "--store", str(self.store), "--journal", str(self.journal)],
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "serve",
+                "--store",
+                str(self.store),
+                "--journal",
+                str(self.journal),
+                *extra,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -344,6 +354,42 @@ def test_sigterm_during_a_measurement_takes_the_worker_along(tmp_path):
         assert a.proc.wait(timeout=10) == 130
         gone, alive = psutil.wait_procs(workers, timeout=10)
         assert not alive
+    finally:
+        if a.proc.poll() is None:
+            a.proc.kill()
+
+
+@pytest.mark.skipif(not have("onnxruntime"), reason="onnxruntime not installed")
+def test_prespawn_reuses_a_spare_worker_and_leaves_nothing_behind(tmp_path):
+    import time
+
+    import psutil
+
+    a = AgentProc(tmp_path, extra=("--prespawn",))
+    try:
+        sha = a.put(tiny_onnx_bytes(), "onnx")
+        first = a.ask("measure", measure_args(sha))
+        assert first["status"] == "ok", first
+        parent = psutil.Process(a.proc.pid)
+        deadline = time.monotonic() + 10
+        spares: list = []
+        while time.monotonic() < deadline and not spares:
+            spares = parent.children()
+            time.sleep(0.05)
+        assert len(spares) == 1, "no spare worker after the first measurement"
+        second = a.ask("measure", measure_args(sha))
+        assert second["status"] == "ok", second
+        assert second["result"]["pid"] == spares[0].pid  # the spare ran the job
+        assert second["result"]["pid"] != first["result"]["pid"]  # one process per measurement
+        # a crash in the spare-run worker is still just a response
+        crash = a.ask("measure", measure_args(sha, _test_fault="kill"))
+        assert crash["status"] == P.CRASHED
+        a.alive()
+        time.sleep(0.2)
+        spares = parent.children()
+        assert a.close() == 0
+        gone, alive = psutil.wait_procs(spares, timeout=10)
+        assert not alive, "spare worker left behind after bye"
     finally:
         if a.proc.poll() is None:
             a.proc.kill()
