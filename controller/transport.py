@@ -68,6 +68,7 @@ __all__ = [
     "SSHConnection",
     "ArtifactPut",
     "connect",
+    "probe",
     "make_connection",
     "fingerprint",
     "default_known_hosts_path",
@@ -182,7 +183,13 @@ class Connection(abc.ABC):
         self._start()
         self._dead = None
         try:
-            response = self.request("hello", {}, timeout_s=self.hello_timeout_s)
+            try:
+                response = self.request("hello", {}, timeout_s=self.hello_timeout_s)
+            except RequestTimeout:
+                raise self._error(
+                    f"the agent did not answer hello within {self.hello_timeout_s:g} s "
+                    f"(agent command: {self.device.agent_command!r})"
+                ) from None
             self.hello = self._check_hello(response)
         except BaseException:
             self._shutdown(graceful=False)
@@ -1106,3 +1113,33 @@ def connect(device: Device, **options: Any) -> Connection:
     conn = make_connection(device, **options)
     conn.open()
     return conn
+
+
+def probe(device: Device, **options: Any) -> Dict[str, Any]:
+    """Connect, say hello, time a round trip, disconnect (``nnflash devices check``).
+
+    Returns ``{"device", "kind", "address", "open_ms", "rtt_ms", "agent_version", "protocol",
+    "store_dir", "facts", "pinned_host_key"}``; raises :class:`TransportError` /
+    :class:`HostKeyError` like :meth:`Connection.open`."""
+    conn = make_connection(device, **options)
+    t0 = time.perf_counter()
+    hello = conn.open()
+    open_ms = (time.perf_counter() - t0) * 1e3
+    try:
+        rtt_ms = min(conn.ping() for _ in range(3))
+    finally:
+        conn.close()
+    pinned = getattr(conn, "pinned_key", None)
+    address = None if device.kind == "local" else f"{device.host}:{device.port}"
+    return {
+        "device": device.name,
+        "kind": device.kind,
+        "address": address,
+        "open_ms": open_ms,
+        "rtt_ms": rtt_ms,
+        "agent_version": hello.get("agent_version"),
+        "protocol": hello.get("protocol"),
+        "store_dir": hello.get("store_dir"),
+        "facts": dict(hello.get("facts") or {}),
+        "pinned_host_key": ({"name": pinned[0], "type": pinned[1], "fingerprint": pinned[2]} if pinned else None),
+    }

@@ -302,3 +302,71 @@ def test_real_agent_over_ssh(sshd: SSHServer, tmp_path: Path) -> None:
         assert r["status"] == "ok", r["error"]
         assert r["result"]["latency_ms_median"] > 0
         assert conn.results(["real-1"])["real-1"]["status"] == "ok"
+
+
+# ---- several sessions at once, devices check
+
+
+def test_eight_agents_behind_one_server(sshd: SSHServer, tmp_path: Path) -> None:
+    _conn(sshd, tmp_path, accept=True).open()  # pin once
+    path, sha = _artifact(tmp_path)
+    results: Dict[int, Any] = {}
+    errors: list = []
+
+    # written once, before the threads start (rewriting it while an agent starts would race)
+    commands = [fake_agent_command(tmp_path, tmp_path / f"store{k}") for k in range(8)]
+
+    def worker(k: int) -> None:
+        try:
+            conn = _conn(sshd, tmp_path / f"w{k}", agent_command=commands[k])
+            conn.known_hosts_path = tmp_path / "user_known_hosts"
+            conn.pinned_hosts_path = tmp_path / "cfg" / "known_hosts"
+            with conn:
+                conn.put_artifact(path, sha, "onnx")
+                args = {"artifact": {"sha256": sha, "format": "onnx"}, "sleep_s": 0.2}
+                results[k] = conn.request("measure", args, timeout_s=30)["status"]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    for k in range(8):
+        (tmp_path / f"w{k}").mkdir()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert results == {k: "ok" for k in range(8)}
+
+
+def test_probe(sshd: SSHServer, tmp_path: Path) -> None:
+    from controller.transport import probe
+
+    dev = _device(sshd, fake_agent_command(tmp_path, tmp_path / "store"))
+    info = probe(
+        dev,
+        known_hosts_path=tmp_path / "kh",
+        pinned_hosts_path=tmp_path / "pinned",
+        accept_new_host_key=True,
+        look_for_keys=False,
+        allow_agent=False,
+        store_dir="ignored for ssh devices",
+    )
+    assert info["device"] == "loop" and info["protocol"] == 1
+    assert info["facts"]["agent"] == "fake" and info["rtt_ms"] > 0
+    assert info["pinned_host_key"]["fingerprint"] == sshd.host_key_fingerprint
+    again = probe(
+        dev,
+        known_hosts_path=tmp_path / "kh",
+        pinned_hosts_path=tmp_path / "pinned",
+        look_for_keys=False,
+        allow_agent=False,
+    )
+    assert again["pinned_host_key"] is None
+
+
+def test_agent_that_never_answers(sshd: SSHServer, tmp_path: Path) -> None:
+    conn = _conn(sshd, tmp_path, accept=True, agent_command="sleep 30", hello_timeout_s=1.0)
+    with pytest.raises(TransportError, match="did not answer hello within 1 s.*sleep 30"):
+        conn.open()
+    assert not conn.alive
