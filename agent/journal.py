@@ -54,6 +54,6 @@ class Journal:
                     entry = json.loads(raw)
                 except ValueError:
                     continue
-                if isinstance(entry, dict) and entry.get("id") in wanted:
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str) and entry["id"] in wanted:
                     found[entry["id"]] = entry.get("response")
         return found

@@ -39,6 +39,19 @@ THROTTLE_BITS = {
 NOW_MASK = 0xF
 SINCE_BOOT_MASK = 0xF << 16
 
+# Arm Ltd. (implementer 0x41) core part numbers, as in /proc/cpuinfo's "CPU part".
+ARM_PARTS = {
+    0xD03: "Cortex-A53",  # Raspberry Pi 3
+    0xD04: "Cortex-A35",
+    0xD05: "Cortex-A55",
+    0xD07: "Cortex-A57",
+    0xD08: "Cortex-A72",  # Raspberry Pi 4
+    0xD09: "Cortex-A73",
+    0xD0A: "Cortex-A75",
+    0xD0B: "Cortex-A76",  # Raspberry Pi 5
+    0xC07: "Cortex-A7",  # Raspberry Pi 2
+}
+
 VcgencmdSpec = Union[None, str, Sequence[str], Callable[[List[str]], str]]
 
 
@@ -185,8 +198,18 @@ class Telemetry:
             if ":" in line:
                 key, _, value = line.partition(":")
                 fields.setdefault(key.strip().lower(), value.strip())
-        # x86: "model name"; Raspberry Pi: "Model" (board) + "Hardware"; arm64 generic: "CPU part".
-        for key in ("model name", "model", "hardware", "processor"):
+        # x86: "model name". Arm: "CPU implementer" + "CPU part" name the core (the Raspberry Pi's
+        # "Model" line is the board, reported as board_model).
+        if fields.get("model name"):
+            return fields["model name"]
+        try:
+            implementer = int(fields.get("cpu implementer", ""), 16)
+            part = int(fields.get("cpu part", ""), 16)
+        except ValueError:
+            implementer = part = -1
+        if implementer == 0x41 and part in ARM_PARTS:
+            return f"ARM {ARM_PARTS[part]}"
+        for key in ("hardware", "model", "processor"):
             if fields.get(key):
                 return fields[key]
         return None

@@ -115,13 +115,20 @@ def test_state_from_fake_tree(tmp_path):
 def test_facts_from_fake_tree(tmp_path):
     fake_pi(tmp_path)
     f = Telemetry(root=str(tmp_path), vcgencmd=FakeVcgencmd()).facts()
-    assert f["cpu_model"] == "Raspberry Pi 3 Model B Rev 1.2"
+    assert f["cpu_model"] == "ARM Cortex-A53"
     assert f["board_model"] == "Raspberry Pi 3 Model B Rev 1.2"
     assert f["os"] == "Debian GNU/Linux 12 (bookworm)"
     for key in ("cpu_count", "machine", "python", "libc", "mem_total_bytes", "runtimes"):
         assert key in f
     assert f["vcgencmd"] is True
     assert isinstance(f["runtimes"], dict)
+
+
+def test_cpu_model_fallbacks(tmp_path):
+    write(tmp_path, "/proc/cpuinfo", "processor : 0\nmodel name : Intel(R) Xeon(R)\nmodel : 85\n")
+    assert Telemetry(root=str(tmp_path), vcgencmd=None).cpu_model() == "Intel(R) Xeon(R)"
+    write(tmp_path, "/proc/cpuinfo", "processor : 0\nCPU implementer : 0x51\nHardware : Qualcomm\n")
+    assert Telemetry(root=str(tmp_path), vcgencmd=None).cpu_model() == "Qualcomm"
 
 
 def test_empty_tree_never_raises(tmp_path):
