@@ -57,6 +57,9 @@ class MeasureSettings:
     warmup_s: float = 0.5
     timeout_s: float = 300.0
     isolate: bool = True
+    #: how much longer than ``timeout_s`` the controller waits for an answer before it declares the
+    #: agent hung and restarts it (the agent enforces ``timeout_s`` itself on an isolated worker)
+    answer_margin_s: float = 60.0
 
     @property
     def fmt(self) -> str:
@@ -482,7 +485,7 @@ class Campaign:
                 t_m = time.perf_counter()
                 try:
                     response = conn.request(
-                        "measure", s.agent_args(art.sha256), timeout_s=s.timeout_s + 60, request_id=rid
+                        "measure", s.agent_args(art.sha256), timeout_s=s.timeout_s + s.answer_margin_s, request_id=rid
                     )
                 finally:
                     rep.busy_s += time.perf_counter() - t_m
