@@ -1,1 +1,39 @@
+"""Calibration: features of specs, cost models fitted from measurements, what to measure.
 
+Every cost model takes *specs* as ``X`` (see :mod:`calibration.base`)::
+
+    from calibration import RooflineLatencyModel, load_model
+    model = RooflineLatencyModel().fit(specs, latency_ms)
+    model.predict(new_specs); model.score(test_specs, measured); model.report()
+    model.save("cost.json", device="pi3", runtime="onnxruntime", threads=1)
+    load_model("cost.json").predict(new_specs)
+"""
+
+from calibration.base import CostModel
+from calibration.crossval import cross_val_predict, cross_validate, report_metrics
+from calibration.energy import EnergyModel
+from calibration.errors import CostModelError
+from calibration.features import feature_matrix, feature_names, features
+from calibration.linear import LinearLatencyModel, MacsOnlyModel
+from calibration.registry import COST_MODELS, check_compatible, load_model, make_model, model_from_dict
+from calibration.roofline import RooflineLatencyModel
+
+__all__ = [
+    "COST_MODELS",
+    "CostModel",
+    "CostModelError",
+    "EnergyModel",
+    "LinearLatencyModel",
+    "MacsOnlyModel",
+    "RooflineLatencyModel",
+    "check_compatible",
+    "cross_val_predict",
+    "cross_validate",
+    "feature_matrix",
+    "feature_names",
+    "features",
+    "load_model",
+    "make_model",
+    "model_from_dict",
+    "report_metrics",
+]

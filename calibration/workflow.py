@@ -1,0 +1,134 @@
+"""The calibration workflow behind ``nnflash calibrate``: choose, measure, fit, cross-validate.
+
+Measuring is a callback (``profile(specs) -> rows``; rows carry ``spec_id``, ``latency_ms_median``,
+``energy_mj`` and ``status``), so this module needs no controller and is tested with a fake one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from calibration.base import CostModel
+from calibration.crossval import cross_val_predict, report_metrics
+from calibration.errors import CostModelError
+from calibration.registry import make_model
+from calibration.select import cover, most_uncertain, plan_budget
+
+ProfileFn = Callable[[list[Any]], Sequence[Mapping[str, Any]]]
+
+
+@dataclass
+class Calibration:
+    """What :func:`fit_measurements` / :func:`calibrate` produce."""
+
+    model: CostModel
+    specs: list[Any]
+    latency_ms: np.ndarray
+    energy_mj: np.ndarray | None
+    cv: dict[str, float]
+    cv_predicted: np.ndarray
+    energy_cv: dict[str, float] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def usable_rows(
+    specs_by_id: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[Any], np.ndarray, np.ndarray | None, list[str]]:
+    """Specs, latencies and (when every row has one) energies of the ``ok`` rows; the ids of rows
+    that were skipped (failed, no latency, spec unknown). The last ok row of a spec wins."""
+    latest: dict[str, Mapping[str, Any]] = {}
+    skipped = []
+    for r in rows:
+        sid = str(r.get("spec_id"))
+        lat = r.get("latency_ms_median")
+        if r.get("status") != "ok" or lat is None or not math.isfinite(float(lat)) or float(lat) <= 0:
+            skipped.append(sid)
+            continue
+        if sid not in specs_by_id:
+            skipped.append(sid)
+            continue
+        latest[sid] = r
+    specs = [specs_by_id[s] for s in latest]
+    lat = np.array([float(latest[s]["latency_ms_median"]) for s in latest])
+    en_list = [latest[s].get("energy_mj") for s in latest]
+    energy = None
+    if latest and all(e is not None and math.isfinite(float(e)) and float(e) > 0 for e in en_list):
+        energy = np.array([float(e) for e in en_list])  # type: ignore[arg-type]
+    return specs, lat, energy, sorted(set(skipped) - set(latest))
+
+
+def fit_measurements(
+    specs: Sequence[Any],
+    latency_ms: Any,
+    energy_mj: Any = None,
+    *,
+    model: str = "roofline",
+    folds: int = 0,
+    seed: int = 0,
+) -> Calibration:
+    """Fit ``model`` (or the energy model over it, when energies are given), cross-validated:
+    ``folds = 0`` is leave-one-out up to 30 models, else 5-fold."""
+    specs = list(specs)
+    lat = np.asarray(latency_ms, float)
+    cls = make_model(model)
+    if len(specs) < cls.min_samples:
+        raise CostModelError(
+            f"too few measurements to fit a {model} model: {len(specs)} usable, need at least {cls.min_samples}"
+        )
+    k = folds if folds >= 2 else (len(specs) if len(specs) <= 30 else 5)
+    pred = cross_val_predict(lambda: make_model(model), specs, lat, k=k, seed=seed)
+    cv = report_metrics(lat, pred)
+    cv["folds"] = float(min(k, len(specs)))
+    energy_cv = None
+    if energy_mj is not None:
+        en = np.asarray(energy_mj, float)
+        epred = cross_val_predict(
+            lambda: make_model("energy", latency_model=model), specs, en, k=k, seed=seed, latency_ms=lat
+        )
+        energy_cv = report_metrics(en, epred)
+        fitted = make_model("energy", latency_model=model).fit(specs, en, latency_ms=lat)
+    else:
+        fitted = make_model(model).fit(specs, lat)
+    return Calibration(
+        fitted, specs, lat, None if energy_mj is None else np.asarray(energy_mj, float), cv, pred, energy_cv
+    )
+
+
+def calibrate(
+    candidates: Sequence[Any],
+    budget: int,
+    profile: ProfileFn,
+    *,
+    model: str = "roofline",
+    seed: int = 0,
+    active_share: float = 0.4,
+    rounds: int = 2,
+    log: Callable[[str], None] = lambda s: None,
+) -> Calibration:
+    """Choose ``budget`` of ``candidates`` (coverage first, then active rounds), measure them with
+    ``profile``, fit and cross-validate. Re-running with the same seed chooses the same first
+    round, so a resumed campaign skips what it measured."""
+    cands = list(candidates)
+    by_id = {s.spec_id: s for s in cands}
+    steps = plan_budget(budget, active_share, rounds)
+    first = [cands[i] for i in cover(cands, steps[0], seed=seed)]
+    log(f"coverage: {len(first)} models spread over size, depth, width and skip density")
+    rows = list(profile(first))
+    for r, k in enumerate(steps[1:]):
+        specs, lat, _, _ = usable_rows(by_id, rows)
+        if len(specs) < make_model(model).min_samples:
+            raise CostModelError(f"too few successful measurements to continue: {len(specs)}")
+        measured = {s.spec_id for s in specs} | {str(x.get("spec_id")) for x in rows}
+        rest = [s for s in cands if s.spec_id not in measured]
+        pick = most_uncertain(lambda: make_model(model), specs, lat, rest, k, seed=seed + 1 + r)
+        log(f"active round {r + 1}: {k} models where bootstrap fits disagree most")
+        rows += list(profile([rest[i] for i in pick]))
+    specs, lat, energy, skipped = usable_rows(by_id, rows)
+    out = fit_measurements(specs, lat, energy, model=model, seed=seed)
+    out.skipped = skipped
+    return out

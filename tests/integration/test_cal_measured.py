@@ -1,0 +1,46 @@
+"""Fit cost models on a handful of small models really measured with onnxruntime (one thread)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from calibration import LinearLatencyModel, RooflineLatencyModel, load_model  # noqa: E402
+from calibration.timing import measure_specs  # noqa: E402
+from models.space import get_space  # noqa: E402
+from models.spec import Cell, DenseSpec  # noqa: E402
+
+
+def _small_specs() -> list[DenseSpec]:
+    """Ten small dense networks on 16x16 inputs, spread over depth, width and skips."""
+    out = []
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        cells = tuple(
+            Cell(int(rng.integers(2, 6)), int(w * rng.integers(1, 4)), int(rng.integers(0, 24))) for w in (8, 16)
+        )
+        out.append(DenseSpec(cells=cells, input_shape=(3, 16, 16), num_classes=10, seed=i))
+    return out
+
+
+@pytest.mark.integration
+def test_fit_on_real_measurements(tmp_path) -> None:
+    specs = _small_specs()
+    lat = measure_specs(specs, tmp_path / "onnx", threads=1, rounds=3, min_time_s=0.03)
+    y = np.array([lat[s.spec_id] for s in specs])
+    assert np.all(y > 0)
+    train, test = slice(0, 7), slice(7, 10)
+    model = RooflineLatencyModel().fit(specs[train], y[train])
+    rep = model.report()
+    assert all(v > 0 for v in rep["gflops"].values())
+    pred = model.predict(specs[test])
+    assert np.all(np.isfinite(pred)) and np.all(pred > 0)
+    # a loose bound: a shared machine is noisy and seven models are few
+    assert np.median(np.abs(pred / y[test] - 1)) < 0.5
+    path = model.save(tmp_path / "cost.json", device="local", runtime="onnxruntime", threads=1)
+    assert np.array_equal(load_model(path).predict(specs), model.predict(specs))
+    LinearLatencyModel().fit(specs, y)
+    assert get_space("flash").name == "flash"
