@@ -131,9 +131,11 @@ def main() -> int:
                         f"{res['latency_ms_median']:.4f} ms (number={res['number']})  bare {b:.4f} ms"
                     )
                 a_med, b_med = statistics.median(agent_meds), statistics.median(bare_meds)
+                per_round = statistics.median(a / b for a, b in zip(agent_meds, bare_meds))
                 print(
                     f"{runtime:11s} {mode:5s} median agent {a_med:.4f} ms | bare {b_med:.4f} ms | "
-                    f"ratio agent/bare {a_med / b_med:.3f}"
+                    f"ratio agent/bare {a_med / b_med:.3f} (median of per-round ratios "
+                    f"{per_round:.3f})"
                 )
     finally:
         agent.close()
