@@ -418,11 +418,14 @@ class Campaign:
             pending: dict[str, Future] = {}
 
             def upload(sid: str) -> Optional[Future]:
-                art, err = self._artifacts.wait(sid, self._stop)
-                if art is None:
-                    return None
+                """Upload ``sid`` in the background as soon as its export is done (never blocks)."""
                 c = conn
-                return uploader.submit(c.put_artifact, art.path, art.sha256, art.format)
+
+                def job() -> Any:
+                    art, _err = self._artifacts.wait(sid, self._stop)
+                    return None if art is None else c.put_artifact(art.path, art.sha256, art.format)
+
+                return uploader.submit(job)
 
             for k, sid in enumerate(todo):
                 if self._stop.is_set():
