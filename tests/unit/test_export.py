@@ -294,3 +294,21 @@ def test_names_and_relative_error() -> None:
     assert relative_error(np.array([np.nan]), np.array([1.0]))[1] == float("inf")
     with pytest.raises(ExportError, match="shape"):
         relative_error(np.zeros(3), np.zeros(4))
+
+
+def test_dynamo_exporter_single_file(tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    spec = _toy_spec("dyn", (3, 8, 8))
+    art = export_spec(spec, "onnx", tmp_path, module=ConcatNet(), exporter="dynamo")
+    assert art.max_rel_err <= 1e-4 and art.exporter == "torch.onnx.export[dynamo]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [art.path.name, art.path.name + ".json"]
+
+
+def test_dynamo_exporter_without_onnxscript_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
+    with pytest.raises(ExportError, match="onnxscript"):
+        export_spec(_toy_spec("nodyn", (3, 8, 8)), "onnx", tmp_path, module=ConcatNet(), exporter="dynamo")
+    assert list(tmp_path.iterdir()) == []
