@@ -869,8 +869,13 @@ class SSHConnection(Connection):
 
     def _eof_reason(self) -> str:
         chan = self._chan
-        if chan is not None and chan.exit_status_ready():
-            return f"agent exited with status {chan.recv_exit_status()}"
+        if chan is not None:
+            # the exit status travels after the end of output: give it a moment to arrive
+            deadline = time.monotonic() + 1.0
+            while not chan.exit_status_ready() and time.monotonic() < deadline and not chan.closed:
+                time.sleep(0.01)
+            if chan.exit_status_ready():
+                return f"agent exited with status {chan.recv_exit_status()}"
         transport = self._client.get_transport() if self._client is not None else None
         if transport is None or not transport.is_active():
             return "SSH connection lost"

@@ -70,9 +70,15 @@ def test_space_count_sample_generate_round_trip(tmp_path):
             assert abs(m["nn_mass"] - 300) <= 6 and m["params"] <= 3_000_000
 
 
-def test_ldi_json():
-    out = json.loads(nnflash("ldi", "--preset", "nnmass_reference", "--batch", "2", "--json", check=True).stdout)
-    assert out["ldi_mean"] > 0 and out["ldi_std"] >= 0 and out["layers"] > 0
+def test_ldi_json(tmp_path):
+    spec = tmp_path / "small.json"
+    spec.write_text(
+        '{"family":"dense","cells":[{"depth":4,"width":8,"tc":4},{"depth":3,"width":16,"tc":8}],'
+        '"input_shape":[3,16,16]}'
+    )
+    out = json.loads(nnflash("ldi", str(spec), "--batch", "2", "--json", check=True).stdout)
+    assert out["ldi_mean"] > 0 and out["ldi_std"] >= 0 and out["layers"] == 8
+    assert len(out["per_layer"]) == out["layers"]
 
 
 BAD_SPECS = {
