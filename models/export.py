@@ -6,8 +6,9 @@ compute what the torch module computes.
 Formats and how they are made
 -----------------------------
 ``onnx``
-    ``torch.onnx.export`` with the legacy TorchScript exporter (``dynamo=False``; the default, it
-    is ~10x faster than the dynamo exporter on small CNNs and needs no ``onnxscript``), opset
+    ``torch.onnx.export`` with the legacy TorchScript exporter (``dynamo=False``; the default: it
+    was 1.4-6x faster than the dynamo exporter in ``benchmarks/export_speed.py`` and needs no
+    ``onnxscript``), opset
     :data:`DEFAULT_OPSET`, one self-contained file (no ``.onnx.data``), fixed batch 1, input
     ``input``, output ``logits``; it must pass ``onnx.checker.check_model``. ``exporter="dynamo"``
     selects the dynamo exporter (``external_data=False``) where ``onnxscript`` is installed.
@@ -55,6 +56,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -162,9 +164,7 @@ def _check_format(fmt: str, quantize: Optional[str]) -> None:
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"quantize: unknown quantization {quantize!r} (expected None or 'int8')")
     if quantize is not None and fmt != "tflite":
-        raise ExportError(
-            f"quantize: {quantize} quantization is only supported for tflite, not {fmt}"
-        )
+        raise ExportError(f"quantize: {quantize} quantization is only supported for tflite, not {fmt}")
 
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -239,22 +239,36 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """Silence the converters' progress bars, warnings and stdout chatter."""
-    saved = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    """Silence the converters: progress bars, Python warnings and native (C++) log lines on fd 2.
+
+    Python-level stdout is left alone so that a caller's progress display keeps working; native
+    stderr output of other threads during a conversion is lost (it goes to a discarded file).
+    """
+    env = {"LITERT_TORCH_SHOW_PROGRESS": "n", "TQDM_DISABLE": "1"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    saved_fd: Optional[int] = None
+    sink = tempfile.TemporaryFile()
     try:
-        with warnings.catch_warnings():
+        try:
+            sys.stderr.flush()
+            saved_fd = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+        except OSError:  # no usable fd 2 (embedded interpreters): only the Python-level quieting
+            saved_fd = None
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            with (
-                contextlib.redirect_stdout(io.StringIO()),
-                contextlib.redirect_stderr(io.StringIO()),
-            ):
-                yield
+            yield
     finally:
-        if saved is None:
-            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
-        else:
-            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = saved
+        if saved_fd is not None:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+        sink.close()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _example_input(input_shape: Sequence[int], seed: int) -> np.ndarray:
@@ -372,8 +386,7 @@ def _quantize_int8(float_path: Path, path: Path, *, input_shape: Sequence[int], 
     rng = np.random.default_rng([seed, 0x1A7])
     calibration = {
         SIGNATURE_KEY: [
-            {INPUT_NAME: rng.standard_normal((1, *input_shape)).astype(np.float32)}
-            for _ in range(CALIBRATION_SAMPLES)
+            {INPUT_NAME: rng.standard_normal((1, *input_shape)).astype(np.float32)} for _ in range(CALIBRATION_SAMPLES)
         ]
     }
     qt = quantizer.Quantizer(str(float_path), recipe.static_wi8_ai8())
@@ -450,9 +463,7 @@ def export_module(
                 _export_onnx(module, x, tmp_path, opset=opset, exporter=exporter)
                 got = _run_onnx(tmp_path, x_np)
             else:
-                _export_tflite(
-                    module, x, tmp_path, quantize=quantize, input_shape=input_shape, seed=seed
-                )
+                _export_tflite(module, x, tmp_path, quantize=quantize, input_shape=input_shape, seed=seed)
                 got = _run_tflite(tmp_path, x_np)
         except ExportError:
             raise
@@ -580,9 +591,7 @@ def export_spec(
     sidecar = path.with_name(path.name + ".json")
     versions = toolchain_versions(fmt, quantize)
     ex = exporter if fmt == "onnx" else "litert"
-    key = _cache_key(
-        spec, fmt, quantize, exporter=ex, opset=opset, seed=seed, tolerance=tol, versions=versions
-    )
+    key = _cache_key(spec, fmt, quantize, exporter=ex, opset=opset, seed=seed, tolerance=tol, versions=versions)
     if not force:
         hit = _load_cached(path, sidecar, key)
         if hit is not None:

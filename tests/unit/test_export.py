@@ -161,6 +161,32 @@ def test_onnx_roundtrip_specs_of_every_family(tmp_path: Path) -> None:
     assert {"torch", "onnx", "onnxruntime"} <= set(entry["versions"])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_onnx_roundtrip_random_dense_specs(tmp_path: Path, seed: int) -> None:
+    pytest.importorskip("models.builder")
+    from models.spec import parse_spec
+
+    rng = np.random.default_rng(seed)
+    cells = [
+        {"depth": int(rng.integers(1, 6)), "width": int(rng.integers(2, 17)), "tc": int(rng.integers(0, 30))}
+        for _ in range(int(rng.integers(1, 4)))
+    ]
+    conv = ("regular", "depthwise")[seed % 2]
+    hw = int(rng.choice([8, 16, 20]))
+    spec = parse_spec(
+        {
+            "family": "dense",
+            "cells": cells,
+            "conv": conv,
+            "input_shape": [3, hw, hw],
+            "num_classes": int(rng.integers(2, 12)),
+            "seed": seed,
+        }
+    )
+    art = export_spec(spec, "onnx", tmp_path)
+    assert art.max_rel_err <= 1e-4, (cells, conv)
+
+
 def test_spec_given_as_json_text(tmp_path: Path) -> None:
     pytest.importorskip("models.builder")
     text = json.dumps(
