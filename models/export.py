@@ -52,12 +52,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -237,38 +237,64 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """Silence the converters: progress bars, Python warnings and native (C++) log lines on fd 2.
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: dict[str, Any] = {}
 
-    Python-level stdout is left alone so that a caller's progress display keeps working; native
-    stderr output of other threads during a conversion is lost (it goes to a discarded file).
-    """
-    env = {"LITERT_TORCH_SHOW_PROGRESS": "n", "TQDM_DISABLE": "1"}
-    saved_env = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    saved_fd: Optional[int] = None
-    sink = tempfile.TemporaryFile()
-    try:
+
+def _quiet_enter() -> None:
+    global _quiet_depth
+    with _QUIET_LOCK:
+        _quiet_depth += 1
+        if _quiet_depth > 1:
+            return
+        env = {"LITERT_TORCH_SHOW_PROGRESS": "n", "TQDM_DISABLE": "1"}
+        _quiet_saved["env"] = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        _quiet_saved["fd"] = None
         try:
             sys.stderr.flush()
+            sink = tempfile.TemporaryFile()
             saved_fd = os.dup(2)
             os.dup2(sink.fileno(), 2)
-        except OSError:  # no usable fd 2 (embedded interpreters): only the Python-level quieting
-            saved_fd = None
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
+            _quiet_saved.update(fd=saved_fd, sink=sink)
+        except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): env only
+            pass
+
+
+def _quiet_exit() -> None:
+    global _quiet_depth
+    with _QUIET_LOCK:
+        _quiet_depth -= 1
+        if _quiet_depth > 0:
+            return
+        saved_fd = _quiet_saved.pop("fd", None)
         if saved_fd is not None:
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
-        sink.close()
-        for k, v in saved_env.items():
+            _quiet_saved.pop("sink").close()
+        for k, v in _quiet_saved.pop("env", {}).items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence the converters: progress bars, Python warnings and their log lines on fd 2.
+
+    fd 2 is pointed at a discarded file while a conversion runs (reference-counted, so concurrent
+    exports in several threads nest correctly); stdout is left alone. Anything else written to
+    stderr meanwhile (a progress bar on stderr, another thread's log) is lost for those seconds.
+    """
+    _quiet_enter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        _quiet_exit()
 
 
 def _example_input(input_shape: Sequence[int], seed: int) -> np.ndarray:

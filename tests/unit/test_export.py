@@ -338,3 +338,26 @@ def test_dynamo_exporter_without_onnxscript_is_a_clear_error(tmp_path: Path, mon
     with pytest.raises(ExportError, match="onnxscript"):
         export_spec(_toy_spec("nodyn", (3, 8, 8)), "onnx", tmp_path, module=ConcatNet(), exporter="dynamo")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quiet_restores_stderr_after_overlapping_threads() -> None:
+    import os
+    import threading
+
+    before = os.fstat(2)
+    started, release = threading.Barrier(2), threading.Event()
+
+    def worker() -> None:
+        with ex._quiet():
+            started.wait(timeout=5)
+            release.wait(timeout=5)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    with ex._quiet():
+        started.wait(timeout=5)
+    release.set()  # the thread leaves last
+    t.join()
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    assert ex._quiet_depth == 0
