@@ -30,7 +30,7 @@ from agent.protocol import (
     validate_request,
 )
 
-__all__ = ["Agent", "serve", "TEST_HOOKS_ENV"]
+__all__ = ["Agent", "serve", "TEST_HOOKS_ENV", "install_stop_signals"]
 
 # Set to "1" to let measure accept ``_test_fault`` (tests only: makes the worker crash or hang).
 TEST_HOOKS_ENV = "NNFLASH_AGENT_TEST_HOOKS"
@@ -230,14 +230,17 @@ def _read_line(stream: IO[bytes]) -> Optional[bytes]:
     return line
 
 
-def serve(agent: Agent, stdin: Optional[IO[bytes]] = None, out: Optional[IO[bytes]] = None) -> int:
+def serve(
+    agent: Agent, stdin: Optional[IO[bytes]] = None, out: Optional[IO[bytes]] = None, *, close_agent: bool = True
+) -> int:
     """Serve until ``bye`` or end of input. With no streams given, use the process's stdio and
-    redirect fd 1 to stderr so stray output cannot corrupt the protocol stream."""
+    redirect fd 1 to stderr so stray output cannot corrupt the protocol stream. ``close_agent=False``
+    keeps the agent (and its spare worker) for the next session (the socket daemon)."""
     if out is None:
         out = os.fdopen(os.dup(1), "wb", buffering=0)
         os.dup2(2, 1)
         sys.stdout = sys.stderr
-        _install_stop_signals()
+        install_stop_signals()
     if stdin is None:
         stdin = sys.stdin.buffer
     _log(f"serving (protocol v{PROTOCOL_VERSION}, store {agent.store.root})")
@@ -266,10 +269,11 @@ def serve(agent: Agent, stdin: Optional[IO[bytes]] = None, out: Optional[IO[byte
         _log("stopped by a signal")
         return 130
     finally:
-        agent.close()
+        if close_agent:
+            agent.close()
 
 
-def _install_stop_signals() -> None:
+def install_stop_signals() -> None:
     """SIGTERM and SIGHUP (the SSH session went away) stop the agent like Ctrl-C, so a running
     worker is killed on the way out instead of being left behind."""
     import signal
