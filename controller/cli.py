@@ -43,9 +43,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from controller.commands import campaign_cmds, device_cmds, models_cmds, run_cmd
+    from controller.commands import agent_cmds, campaign_cmds, device_cmds, models_cmds, run_cmd
 
-    for module in (models_cmds, device_cmds, campaign_cmds, run_cmd):
+    for module in (models_cmds, device_cmds, agent_cmds, campaign_cmds, run_cmd):
         module.register(cli)
     import importlib
 

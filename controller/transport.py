@@ -727,6 +727,11 @@ class SSHConnection(Connection):
         self._start_reader(lambda: chan.recv(65536), "out")
         self._start_stderr_reader(lambda: chan.recv_stderr(65536))
 
+    def connect_client(self) -> Any:
+        """A connected, authenticated ``paramiko.SSHClient`` with the host-key rules applied and no
+        agent started (for installers and one-off commands); the caller closes it."""
+        return self._connect_with_retries()
+
     def _connect_with_retries(self) -> Any:
         import paramiko
 
