@@ -175,11 +175,13 @@ try:
 except OSError:
     pass
 model = None
-try:
-    with open("/proc/device-tree/model", "rb") as f:
-        model = f.read().rstrip(b"\0").decode("utf-8", "replace")
-except OSError:
-    pass
+for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
+    try:
+        with open(path, "rb") as f:
+            model = f.read().rstrip(b"\0").decode("utf-8", "replace")
+        break
+    except OSError:
+        pass
 libc, libc_ver = platform.libc_ver()
 ensurepip = True
 try:
