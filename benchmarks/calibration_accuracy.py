@@ -9,10 +9,16 @@ same measurements and reported side by side; then the roofline at budgets 5, 10,
 
 Measurement (the same for training and test models): :mod:`calibration.timing` -- every model
 exported to ONNX (opset 17), one onnxruntime session with ``intra_op_num_threads=1`` and sequential
-execution, seeded input; models of a batch are visited in shuffled order ``--rounds`` times, each
-visit 2 warm-up calls then timed calls for at least 7 runs and 0.06 s, visit figure = median; a
-model's latency = median of its visit figures (>= 0.3 s of timed runs at 5 rounds). Results are
-cached (``--cache``, default ``/tmp/nnflash-calibration-cache``) by spec id, so reruns only fit.
+execution, seeded input; models are loaded 30 at a time and visited in shuffled order ``--rounds``
+(5) times; each visit runs 2 warm-up calls, then calls timed with the wall clock
+(``time.perf_counter_ns``) for at least 7 runs and 0.04 s, and its figure is their median; a
+model's latency is the *minimum* of its visit figures (the least-disturbed visit; at least 0.2 s of
+timed runs in all). Results are cached (``--cache``, default ``/tmp/nnflash-calibration-cache``) by
+spec id, so reruns only fit.
+
+On a shared machine the figures carry the neighbours' load: models measured minutes apart (the test
+set first, then each round of the selector) can be slowed by different amounts, which no cost model
+can predict, so compare runs made under similar load.
 
 Run: ``python benchmarks/calibration_accuracy.py`` (``--fresh`` re-measures everything).
 """
