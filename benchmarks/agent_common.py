@@ -72,24 +72,16 @@ def sha256(path: Path) -> str:
 class Agent:
     """``nnflash-agent serve`` as a subprocess."""
 
-    def __init__(self, tmp: Path, extra: tuple = ()) -> None:
+    def __init__(self, tmp: Path, extra: tuple = (), command: Optional[list] = None) -> None:
+        """``command`` replaces ``serve ...`` (e.g. ``["connect", "--socket", path]``)."""
         self.store = tmp / "store"
         self.store.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
         self.t_spawn = time.perf_counter()
+        args = command or ["serve", "--store", str(self.store), "--journal", str(tmp / "journal.jsonl"), *extra]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "serve",
-                "--store",
-                str(self.store),
-                "--journal",
-                str(tmp / "journal.jsonl"),
-                *extra,
-            ],
+            [sys.executable, "-m", "agent.cli", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

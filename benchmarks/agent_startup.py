@@ -7,7 +7,9 @@
   serving process) - target < 60 MB for the idle agent;
 - the worker's peak RSS as it reports it (``max_rss_mb``);
 - measure turn-around (request to response, tiny model, 1 s of controller idle time between
-  requests) with and without ``serve --prespawn``, and the RSS of the agent plus its spare worker.
+  requests) with and without ``serve --prespawn``, and the RSS of the agent plus its spare worker;
+- a session with the long-running agent (``serve --socket --prespawn`` reached through
+  ``connect``) against spawning ``serve``: time to hello and to the first measurement's answer.
 
     python benchmarks/agent_startup.py [--spawns 10]
 """
@@ -15,7 +17,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.agent_common import Agent, make_onnx_mlp  # noqa: E402
+from benchmarks.agent_common import ROOT, Agent, make_onnx_mlp  # noqa: E402
 
 
 def main() -> int:
@@ -85,6 +89,43 @@ def main() -> int:
             )
         finally:
             agent.close()
+
+    # the long-running agent (serve --socket --prespawn) reached through the connect bridge, against
+    # spawning serve for each session: time to hello, then to the first measurement's answer
+    sock = tmp / "daemon" / "agent.sock"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    daemon_store = tmp / "daemon-store"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "serve", "--socket", str(sock), "--prespawn"]
+        + ["--store", str(daemon_store / "store"), "--journal", str(daemon_store / "journal.jsonl")],
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert daemon.stderr is not None and b"listening" in daemon.stderr.readline()
+        results = {}
+        for label, command in (("spawn serve  ", None), ("connect      ", ["connect", "--socket", str(sock)])):
+            hello, first = [], []
+            for i in range(ns.turns):
+                a = Agent(tmp / f"sess{i}" if command is None else daemon_store, command=command)
+                try:
+                    a.ask("hello")
+                    hello.append(time.perf_counter() - a.t_spawn)
+                    ref = a.put(model)
+                    r = a.ask("measure", dict(args, repeat=3, warmup_s=0.0))
+                    assert r["status"] == "ok", r
+                    first.append(time.perf_counter() - a.t_spawn)
+                finally:
+                    a.close()
+                time.sleep(1.0)  # the daemon refills its spare worker while idle
+            results[label] = (statistics.median(hello), statistics.median(first))
+            print(
+                f"{label} session start to hello median {results[label][0] * 1000:5.0f} ms, "
+                f"to the first measurement's answer {results[label][1] * 1000:5.0f} ms"
+            )
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
     return 0
 
 
