@@ -880,7 +880,13 @@ class SSHConnection(Connection):
             while not chan.exit_status_ready() and time.monotonic() < deadline and not chan.closed:
                 time.sleep(0.01)
             if chan.exit_status_ready():
-                return f"agent exited with status {chan.recv_exit_status()}"
+                status = chan.recv_exit_status()
+                if status == 127:  # the shell found no such command
+                    return (
+                        f"agent exited with status 127: {self.device.agent_command!r} is not on the device; "
+                        f"install it with 'nnflash agent install {self.name}'"
+                    )
+                return f"agent exited with status {status}"
         transport = self._client.get_transport() if self._client is not None else None
         if transport is None or not transport.is_active():
             return "SSH connection lost"
