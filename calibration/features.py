@@ -16,6 +16,9 @@ counts what the exported graph really moves: layer ``i > 2`` first concatenates 
 outputs of layers ``0..i-2`` (``w*(i-1)`` channels) into the pool it selects from, then gathers
 ``s_i`` channels and concatenates them after the previous output; ``ops`` counts those operators.
 
+Records also carry the layer's name, groups and output width, so that a model can rebuild the
+network's structure (the roofline's simulation of the runtime's graph does).
+
 Feature vector
 --------------
 :func:`feature_names` lists, in a fixed order: for every kind its MACs (compute kinds only), bytes
@@ -57,6 +60,11 @@ class LayerRecord:
     kernel: int
     hw_in: int
     hw_out: int
+    #: The layer's name in ``models.metrics.layer_table`` (``c0.l3.conv``, ``head.fc``, ...).
+    name: str = ""
+    groups: int = 1
+    #: Output width (columns); 0 when unknown.
+    w_out: int = 0
 
 
 _CELL_OUT_NAME = re.compile(r"^c(\d+)\.l\d+\.(conv|pw2|fc)$")
@@ -98,6 +106,9 @@ def _record(layer: Layer, widths: Mapping[int, int]) -> LayerRecord:
         layer.kernel,
         layer.h_in * layer.w_in,
         layer.h_out * layer.w_out,
+        layer.name,
+        layer.groups,
+        layer.w_out,
     )
 
 
