@@ -23,6 +23,8 @@ import sys
 import threading
 from typing import IO, Any, Optional, cast
 
+from agent.serve import _log
+
 __all__ = ["default_socket_path", "serve_socket", "connect", "DaemonError"]
 
 
@@ -35,14 +37,6 @@ def default_socket_path() -> str:
     from agent.store import _cache_root
 
     return os.path.join(_cache_root(), "agent.sock")
-
-
-def _log(msg: str) -> None:
-    try:
-        sys.stderr.write(f"nnflash-agent: {msg}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def _prepare(path: str) -> socket.socket:

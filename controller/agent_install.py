@@ -26,7 +26,6 @@ Devices in a lab often have no internet access, so nothing is downloaded *on the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -131,6 +130,17 @@ class Remote:
         argv = " ".join(shlex.quote(a) for a in args)
         return self.run(f"{python} - {argv}", timeout_s=timeout_s, stdin=code.encode())
 
+    def python_json(self, python: str, code: str, *args: str, what: str, timeout_s: float = 120.0) -> Any:
+        """:meth:`python`, then the last line of its output read as JSON (``what`` names the job in
+        errors)."""
+        res = self.python(python, code, *args, timeout_s=timeout_s)
+        if res.rc != 0:
+            raise InstallError(f"{self.describe}: {what} failed: {_last_line(res.err) or f'exit code {res.rc}'}")
+        try:
+            return json.loads(res.out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise InstallError(f"{self.describe}: {what}: unexpected answer {res.out[:200]!r}") from None
+
     @property
     def sftp(self) -> Any:
         if self._sftp is None:
@@ -207,18 +217,13 @@ print(json.dumps({
 def detect_platform(remote: Remote, python: str = "python3") -> Dict[str, Any]:
     """What the device is, from its own Python. Adds ``arch``: the userland architecture (a 32-bit
     userland on a 64-bit ARM kernel is ``armv7l``)."""
-    res = remote.python(python, _DETECT)
-    if res.rc == 127 or (res.rc != 0 and "not found" in res.err):
+    res = remote.run(f"command -v {python}")
+    if res.rc != 0:
         raise InstallError(
             f"{remote.describe}: no {python} on the device; install Python 3.9 or newer "
             "(Raspberry Pi OS ships python3; on Debian: sudo apt install python3 python3-venv)"
         )
-    if res.rc != 0:
-        raise InstallError(f"{remote.describe}: cannot run {python} on the device: {_last_line(res.err)}")
-    try:
-        facts = json.loads(res.out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise InstallError(f"{remote.describe}: unexpected answer from {python}: {res.out[:200]!r}") from None
+    facts = remote.python_json(python, _DETECT, what=f"detecting the device with {python}")
     machine = str(facts.get("machine") or "")
     arch = machine
     if machine in ("aarch64", "arm64"):
@@ -399,11 +404,9 @@ def _pip_error(stderr: str) -> str:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from controller.transport import file_sha256
+
+    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,13 +511,9 @@ def _ship(remote: Remote, wheels: Sequence[Path], wheel_dir: str, progress: Prog
 
 
 def _remote_hashes(remote: Remote, wheel_dir: str) -> Dict[str, str]:
-    res = remote.python("python3", _HASHES, wheel_dir, timeout_s=600)
-    if res.rc != 0:
-        raise InstallError(f"{remote.describe}: cannot hash {wheel_dir}: {_last_line(res.err)}")
-    try:
-        data = json.loads(res.out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise InstallError(f"{remote.describe}: unexpected answer hashing {wheel_dir}") from None
+    data = remote.python_json("python3", _HASHES, wheel_dir, what=f"hashing {wheel_dir}", timeout_s=600)
+    if not isinstance(data, dict):
+        raise InstallError(f"{remote.describe}: hashing {wheel_dir}: unexpected answer")
     return {k: v for k, v in data.items() if isinstance(v, str) and _SHA_RE.match(v)}
 
 
