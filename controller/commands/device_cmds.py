@@ -21,7 +21,7 @@ def pin_host_key(device: Device, **options: Any) -> Optional[tuple[str, str, str
     known. A changed key raises ``HostKeyError`` like every connection does.
     """
     conn = SSHConnection(device, accept_new_host_key=True, **options)
-    client = conn._connect_with_retries()  # the transport's own host-key policy does the pinning
+    client = conn.connect_client()  # the transport's own host-key policy does the pinning
     client.close()
     return conn.pinned_key
 
