@@ -178,6 +178,7 @@ class Campaign:
         args: Optional[dict[str, Any]] = None,
         reconnect_attempts: int = 6,
         export_fn: Optional[Callable[..., Any]] = None,
+        visit: int = 0,
     ) -> None:
         if not specs:
             raise ValueError("a campaign needs at least one spec")
@@ -185,6 +186,8 @@ class Campaign:
             raise ValueError("a campaign needs at least one device")
         if settings.runtime not in RUNTIME_FORMAT:
             raise ValueError(f"unknown runtime {settings.runtime!r}")
+        if visit < 0:
+            raise ValueError(f"visit must be >= 0, got {visit}")
         self.specs = {s.spec_id: s for s in specs}
         self.order = list(self.specs)
         self.devices = list(devices)
@@ -193,6 +196,9 @@ class Campaign:
         self.artifacts_dir = Path(artifacts_dir)
         self.connect = connect
         self.max_attempts = max_attempts
+        #: which repeated measurement of every model this campaign takes (0: the ordinary one;
+        #: calibration measures in several passes, one campaign per visit)
+        self.visit = int(visit)
         self.on_result = on_result or (lambda row: None)
         self.on_progress = on_progress or (lambda device, event: None)
         self.reconnect_attempts = reconnect_attempts
@@ -213,7 +219,7 @@ class Campaign:
         s = self.settings
         todo: dict[str, list[str]] = {}
         for dev in self.devices:
-            done = self.store.done_spec_ids(dev.name, s.runtime, s.threads)
+            done = self.store.done_spec_ids(dev.name, s.runtime, s.threads, visit=self.visit)
             fails = self.store.failure_counts(dev.name, s.runtime, s.threads)
             rep = DeviceReport(dev.name)
             lst = []
@@ -354,6 +360,7 @@ class Campaign:
             summary=summary,
             state=state,
             energy=energy,
+            visit=self.visit,
         )
         rep = self.result.devices[dev.name]
         with self._lock:

@@ -17,11 +17,12 @@ from models.spec import parse_spec
 
 
 def collect(store: Store, spec_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per ok measurement, joined with the spec's analytic metrics."""
+    """One row per ok measurement (first visit only: calibration's repeated visits of a model
+    would count it several times), joined with the spec's analytic metrics."""
     rows = []
     wanted = set(spec_ids) if spec_ids is not None else None
     metrics_cache: dict[str, dict[str, Any]] = {}
-    for m in store.export_rows(status="ok"):
+    for m in store.export_rows(status="ok", visit=0):
         sid = m["spec_id"]
         if wanted is not None and sid not in wanted:
             continue

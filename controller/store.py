@@ -8,9 +8,13 @@ No measurement is stored twice:
 
 * ``measurements.request_id`` is UNIQUE: the same agent response (say, fetched again from the
   device's journal after a reconnect) is ignored the second time;
-* at most one ``ok`` row per (spec_id, device, runtime, threads) (a partial unique index): a rerun
-  that races another one cannot store a second success. Failed rows accumulate (they count towards
-  the retry limit, see :meth:`Store.failure_count`).
+* at most one ``ok`` row per (spec_id, device, runtime, threads, visit) (a partial unique index): a
+  rerun that races another one cannot store a second success. Failed rows accumulate (they count
+  towards the retry limit, see :meth:`Store.failure_count`).
+
+``visit`` numbers repeated, separate measurements of the same model: ordinary campaigns store
+visit 0; ``nnflash calibrate`` measures every model in several passes (visits 0, 1, ...), spread
+out in time, and fits to the least disturbed one (see ``calibration.workflow.usable_rows``).
 
 Schema versioning: ``PRAGMA user_version`` holds the number of migrations applied;
 :data:`MIGRATIONS` is the explicit, append-only list of migration functions. Opening a database
@@ -132,8 +136,19 @@ def _migration_1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX cost_models_by_key ON cost_models(device, runtime, threads, id)")
 
 
+def _migration_2(db: sqlite3.Connection) -> None:
+    """Repeated measurements of one model: a ``visit`` number, part of the one-ok-per-key index.
+    Existing rows become visit 0, so every database keeps its meaning."""
+    db.execute("ALTER TABLE measurements ADD COLUMN visit INTEGER NOT NULL DEFAULT 0")
+    db.execute("DROP INDEX measurements_one_ok")
+    db.execute(
+        "CREATE UNIQUE INDEX measurements_one_ok ON measurements"
+        "(spec_id, device, runtime, IFNULL(threads, -1), visit) WHERE status = 'ok'"
+    )
+
+
 #: Append-only. Migration ``i`` (1-based) takes a database at ``user_version = i - 1`` to ``i``.
-MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Columns of ``nnflash results --csv/--json`` (in this order).
@@ -144,6 +159,7 @@ EXPORT_COLUMNS = (
     "device",
     "runtime",
     "threads",
+    "visit",
     "status",
     "latency_ms_median",
     "latency_ms_mean",
@@ -406,10 +422,11 @@ class Store:
         summary: Optional[Mapping[str, Any]] = None,
         state: Optional[Mapping[str, Any]] = None,
         energy: Optional[Mapping[str, Any]] = None,
+        visit: int = 0,
     ) -> bool:
         """Store one measurement (committed at once). Returns True if stored, False if it was a
         duplicate: the same ``request_id`` already stored, or an ``ok`` row already exists for this
-        (spec_id, device, runtime, threads)."""
+        (spec_id, device, runtime, threads, visit)."""
         if not request_id:
             raise StoreError("a measurement needs a request_id")
         if not status:
@@ -432,12 +449,13 @@ class Store:
             _dumps(state),
             _dumps(energy),
             utc_now(),
+            int(visit),
         )
         cur = self._execute(
             "INSERT INTO measurements(campaign_id, spec_id, device, runtime, threads,"
             " request_id, status, error, latency_ms_median, latency_ms_mean, latency_ms_p90,"
-            " energy_mj, samples_json, summary_json, state_json, energy_json, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " energy_mj, samples_json, summary_json, state_json, energy_json, created_at, visit)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             # only UNIQUE conflicts are ignored (request_id, one ok per key); NOT NULL and
             # foreign-key violations still raise
             " ON CONFLICT DO NOTHING",
@@ -454,6 +472,7 @@ class Store:
         runtime: str,
         threads: Optional[int],
         campaign_id: Optional[int] = None,
+        visit: int = 0,
     ) -> bool:
         """Store an agent's ``measure`` response as it came (see :func:`measurement_fields`)."""
         return self.add_measurement(
@@ -462,33 +481,35 @@ class Store:
             runtime=runtime,
             threads=threads,
             campaign_id=campaign_id,
+            visit=visit,
             **measurement_fields(response),
         )
 
     def has_request(self, request_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM measurements WHERE request_id = ?", (request_id,)))
 
-    def is_done(self, spec_id: str, device: str, runtime: str, threads: Optional[int]) -> bool:
+    def is_done(self, spec_id: str, device: str, runtime: str, threads: Optional[int], visit: int = 0) -> bool:
         """Whether an ``ok`` measurement exists for this key (``threads=None`` matches NULL)."""
         return bool(
             self._query(
                 "SELECT 1 FROM measurements WHERE spec_id = ? AND device = ? AND runtime = ?"
-                " AND threads IS ? AND status = 'ok' LIMIT 1",
-                (spec_id, device, runtime, threads),
+                " AND threads IS ? AND visit = ? AND status = 'ok' LIMIT 1",
+                (spec_id, device, runtime, threads, int(visit)),
             )
         )
 
-    def done_spec_ids(self, device: str, runtime: str, threads: Optional[int]) -> set[str]:
-        """Spec ids measured ``ok`` on this (device, runtime, threads): for skipping in bulk."""
+    def done_spec_ids(self, device: str, runtime: str, threads: Optional[int], visit: int = 0) -> set[str]:
+        """Spec ids measured ``ok`` on this (device, runtime, threads, visit): for skipping in bulk."""
         rows = self._query(
             "SELECT DISTINCT spec_id FROM measurements WHERE device = ? AND runtime = ?"
-            " AND threads IS ? AND status = 'ok'",
-            (device, runtime, threads),
+            " AND threads IS ? AND visit = ? AND status = 'ok'",
+            (device, runtime, threads, int(visit)),
         )
         return {r[0] for r in rows}
 
     def failure_count(self, spec_id: str, device: str, runtime: str, threads: Optional[int]) -> int:
-        """Number of stored failed (status != 'ok') attempts for this key."""
+        """Number of stored failed (status != 'ok') attempts for this key, over all visits (a model
+        that keeps failing is given up whichever pass it fails in)."""
         rows = self._query(
             "SELECT count(*) FROM measurements WHERE spec_id = ? AND device = ? AND runtime = ?"
             " AND threads IS ? AND status != 'ok'",
@@ -497,7 +518,7 @@ class Store:
         return int(rows[0][0])
 
     def failure_counts(self, device: str, runtime: str, threads: Optional[int]) -> Dict[str, int]:
-        """``{spec_id: failed attempts}`` on this (device, runtime, threads)."""
+        """``{spec_id: failed attempts}`` on this (device, runtime, threads), over all visits."""
         rows = self._query(
             "SELECT spec_id, count(*) FROM measurements WHERE device = ? AND runtime = ?"
             " AND threads IS ? AND status != 'ok' GROUP BY spec_id",
@@ -515,6 +536,7 @@ class Store:
         campaign_id: Optional[int] = None,
         device: Optional[str] = None,
         status: Optional[str] = None,
+        visit: Optional[int] = None,
         full: bool = False,
     ) -> List[Dict[str, Any]]:
         """Measurement rows, oldest first. ``full=True`` includes the decoded JSON columns
@@ -530,6 +552,9 @@ class Store:
         if status is not None:
             where.append("status = ?")
             params.append(status)
+        if visit is not None:
+            where.append("visit = ?")
+            params.append(int(visit))
         cols = "*" if full else ", ".join(EXPORT_COLUMNS)
         sql = f"SELECT {cols} FROM measurements"
         if where:

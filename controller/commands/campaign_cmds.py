@@ -110,8 +110,11 @@ def run_campaign(
     max_attempts: int,
     console: Console,
     args: Optional[dict[str, Any]] = None,
+    visit: int = 0,
+    label: str = "",
 ) -> CampaignResult:
-    """Run one campaign with progress bars (stderr) and Ctrl-C handling; returns its result."""
+    """Run one campaign with progress bars (stderr) and Ctrl-C handling; returns its result.
+    ``visit`` is passed to :class:`Campaign`; ``label`` follows the device name in the bars."""
     inv = load_inventory(inventory_path)
     devices = devices_from(inv, device_names)
     opts = connection_options()
@@ -152,10 +155,11 @@ def run_campaign(
                 on_result=on_result,
                 on_progress=on_progress,
                 args=args,
+                visit=visit,
             )
             todo = camp.plan()
             for d in devices:
-                tasks[d.name] = prog.add_task(d.name, total=len(todo[d.name]), note="")
+                tasks[d.name] = prog.add_task(f"{d.name}{label}", total=len(todo[d.name]), note="")
             camp.plan = lambda: todo  # type: ignore[method-assign]  # planned once, shown in the bars
             previous = signal.getsignal(signal.SIGINT)
 

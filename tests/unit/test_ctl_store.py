@@ -72,7 +72,7 @@ def test_reopen_keeps_data(tmp_path: Path) -> None:
         assert st.schema_version == SCHEMA_VERSION
 
 
-def test_migration_from_v1_runs_only_new_steps(tmp_path: Path) -> None:
+def test_migration_runs_only_new_steps(tmp_path: Path) -> None:
     path = tmp_path / "n.db"
     with Store(path) as st:
         st.add_measurement(**_m("r1"))
@@ -83,11 +83,34 @@ def test_migration_from_v1_runs_only_new_steps(tmp_path: Path) -> None:
         db.execute("ALTER TABLE measurements ADD COLUMN note TEXT")
 
     with Store(path, migrations=MIGRATIONS + [v2]) as st:
-        assert st.schema_version == 2
+        assert st.schema_version == SCHEMA_VERSION + 1
         assert st.count_measurements() == 1
     with Store(path, migrations=MIGRATIONS + [v2]) as st:
-        assert st.schema_version == 2
+        assert st.schema_version == SCHEMA_VERSION + 1
     assert calls == ["v2"]
+
+
+def test_v1_database_gains_visits_and_keeps_rows(tmp_path: Path) -> None:
+    path = tmp_path / "n.db"
+    with Store(path, migrations=MIGRATIONS[:1]) as st:  # a database written before visits existed
+        assert st.schema_version == 1
+    db = sqlite3.connect(path)
+    for rid, status in (("r1", "ok"), ("r2", "timeout")):
+        db.execute(
+            "INSERT INTO measurements(spec_id, device, runtime, threads, request_id, status, created_at)"
+            " VALUES ('s1', 'pi', 'onnxruntime', NULL, ?, ?, '2026-01-01')",
+            (rid, status),
+        )
+    db.commit()
+    db.close()
+    with Store(path) as st:
+        assert st.schema_version == SCHEMA_VERSION
+        rows = st.measurements(full=True)
+        assert [(r["request_id"], r["visit"]) for r in rows] == [("r1", 0), ("r2", 0)]
+        assert st.is_done("s1", "pi", "onnxruntime", None)
+        assert not st.add_measurement(**_m("r3"))  # visit 0 already has its ok row
+        assert st.add_measurement(**_m("r4"), visit=1)  # a second visit is a new row
+        assert st.done_spec_ids("pi", "onnxruntime", None, visit=1) == {"s1"}
 
 
 def test_failed_migration_rolls_back(tmp_path: Path) -> None:
@@ -102,7 +125,7 @@ def test_failed_migration_rolls_back(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot migrate"):
         Store(path, migrations=MIGRATIONS + [bad])
     with Store(path) as st:
-        assert st.schema_version == 1
+        assert st.schema_version == SCHEMA_VERSION
         assert st.count_measurements() == 1
         cols = {r[1] for r in st._db.execute("PRAGMA table_info(measurements)")}
         assert "note" not in cols
@@ -178,6 +201,10 @@ def test_one_ok_per_key(tmp_path: Path) -> None:
         assert st.add_measurement(**_m("r3", threads=2))  # other key
         assert st.add_measurement(**_m("r4", status="crashed"))  # failures accumulate
         assert st.count_measurements() == 3
+        assert st.add_measurement(**_m("r5"), visit=1)  # a second visit of the same key
+        assert not st.add_measurement(**_m("r6"), visit=1)  # ... once
+        assert [r["visit"] for r in st.measurements(status="ok", visit=1)] == [1]
+        assert len(st.measurements(status="ok", visit=0)) == 2
 
 
 def test_is_done_and_failures(tmp_path: Path) -> None:
@@ -197,6 +224,10 @@ def test_is_done_and_failures(tmp_path: Path) -> None:
         assert not st.is_done("s1", "pi", "tflite", None)
         assert not st.is_done("s1", "pi2", "onnxruntime", None)
         assert st.done_spec_ids("pi", "onnxruntime", None) == {"s1"}
+        assert st.done_spec_ids("pi", "onnxruntime", None, visit=1) == set()
+        assert not st.is_done("s1", "pi", "onnxruntime", None, visit=1)
+        st.add_measurement(**_m("e", status="timeout"), visit=1)
+        assert st.failure_counts("pi", "onnxruntime", None) == {"s1": 3}  # over all visits
 
 
 # ---- other tables
