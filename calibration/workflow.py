@@ -36,12 +36,23 @@ class Calibration:
     skipped: list[str] = field(default_factory=list)
 
 
+def _positive(value: Any) -> bool:
+    return value is not None and math.isfinite(float(value)) and float(value) > 0
+
+
 def usable_rows(
     specs_by_id: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
 ) -> tuple[list[Any], np.ndarray, np.ndarray | None, list[str]]:
-    """Specs, latencies and (when every row has one) energies of the ``ok`` rows; the ids of rows
-    that were skipped (failed, no latency, spec unknown). The last ok row of a spec wins."""
-    latest: dict[str, Mapping[str, Any]] = {}
+    """Specs, latencies and (when every model has one) energies from the ``ok`` rows; the ids of
+    models with no usable row (failed, no latency, spec unknown).
+
+    A model measured in several visits (``nnflash calibrate --passes``) gets the **minimum** of
+    its visits' medians: on a shared or busy device a disturbance (another process, a burst of
+    I/O) lasting a second or more slows a whole visit, always upwards, and the least disturbed
+    visit is the best estimate of the model's own latency (the rule of ``calibration.timing``).
+    Its energy is the median of its visits' energies (visits without one are left out). Models
+    keep the order of their first row."""
+    visits: dict[str, list[Mapping[str, Any]]] = {}
     skipped = []
     for r in rows:
         sid = str(r.get("spec_id"))
@@ -52,14 +63,14 @@ def usable_rows(
         if sid not in specs_by_id:
             skipped.append(sid)
             continue
-        latest[sid] = r
-    specs = [specs_by_id[s] for s in latest]
-    lat = np.array([float(latest[s]["latency_ms_median"]) for s in latest])
-    en_list = [latest[s].get("energy_mj") for s in latest]
+        visits.setdefault(sid, []).append(r)
+    specs = [specs_by_id[s] for s in visits]
+    lat = np.array([min(float(r["latency_ms_median"]) for r in visits[s]) for s in visits])
     energy = None
-    if latest and all(e is not None and math.isfinite(float(e)) and float(e) > 0 for e in en_list):
-        energy = np.array([float(e) for e in en_list])  # type: ignore[arg-type]
-    return specs, lat, energy, sorted(set(skipped) - set(latest))
+    en_lists = [[float(r["energy_mj"]) for r in visits[s] if _positive(r.get("energy_mj"))] for s in visits]
+    if visits and all(en_lists):
+        energy = np.array([float(np.median(es)) for es in en_lists])
+    return specs, lat, energy, sorted(set(skipped) - set(visits))
 
 
 def fit_measurements(

@@ -92,33 +92,33 @@ def _profile(
     db_path: str,
     inventory: Optional[str],
     energy: str,
+    passes: int = 1,
+    repeat: int = 20,
+    min_repeat_ms: float = 50.0,
 ) -> list[dict[str, Any]]:
-    """Measure ``specs`` through the controller's campaign runner (resumable: what the database
-    already holds is skipped) and return the stored rows of these specs."""
-    try:
-        from controller.campaign import profile  # type: ignore[attr-defined]  # the lead's entry point
-    except ImportError:
-        profile = None
-    if profile is not None:
-        rows = profile(specs, devices=[device], runtime=runtime, threads=threads, db_path=db_path, inventory=inventory)
-        return [dict(r) for r in rows]
-    # until controller.campaign.profile exists: the campaign runner behind `nnflash profile`
+    """Measure ``specs`` in ``passes`` passes through the controller's campaign runner (pass ``k``
+    takes visit ``k`` of every model, so visits of one model are a whole pass apart in time) and
+    return the stored rows of these specs, every visit. Resumable: what the database already holds
+    is skipped."""
     from rich.console import Console
 
     from controller.commands.campaign_cmds import _settings, run_campaign
 
-    settings = _settings(runtime, threads, 20, 50.0, 300.0, energy)
-    run_campaign(
-        specs,
-        device,
-        settings,
-        db_path,
-        inventory,
-        as_json=False,
-        max_attempts=2,
-        console=Console(stderr=True),
-        args={"command": "calibrate"},
-    )
+    settings = _settings(runtime, threads, repeat, min_repeat_ms, 300.0, energy)
+    for visit in range(passes):
+        run_campaign(
+            specs,
+            device,
+            settings,
+            db_path,
+            inventory,
+            as_json=False,
+            max_attempts=2,
+            console=Console(stderr=True),
+            args={"command": "calibrate", "visit": visit, "passes": passes},
+            visit=visit,
+            label=f" pass {visit + 1}/{passes}" if passes > 1 else "",
+        )
     return _stored_rows(db_path, device, runtime, threads, {s.spec_id for s in specs})
 
 
@@ -211,6 +211,22 @@ def _device_facts(db_path: str, device: str) -> Optional[dict[str, Any]]:
 @click.option(
     "--pool", type=int, default=3000, show_default=True, help="Candidates drawn from the space to choose from."
 )
+@click.option(
+    "--passes",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Measure every model this many times, one pass over all of them after another; "
+    "a model's latency is its least disturbed pass (the minimum of the pass medians).",
+)
+@click.option("--repeat", type=int, default=10, show_default=True, help="Timed repeats per model and pass.")
+@click.option(
+    "--min-repeat-ms",
+    type=float,
+    default=25.0,
+    show_default=True,
+    help="Each repeat runs the model enough times to last at least this long.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def calibrate_cmd(
@@ -227,6 +243,9 @@ def calibrate_cmd(
     model_kind: str,
     energy: str,
     pool: int,
+    passes: int,
+    repeat: int,
+    min_repeat_ms: float,
     seed: int,
     as_json: bool,
 ) -> None:
@@ -235,7 +254,10 @@ def calibrate_cmd(
     \b
     Chooses models that cover the space (size, depth, width, skip density), then adds those where
     bootstrap fits disagree most; every measurement goes through the campaign runner and the
-    database, so an interrupted calibration resumes. --from-db refits from stored measurements.
+    database, so an interrupted calibration resumes. Each round measures its models in --passes
+    passes, one after another, and a model's latency is the minimum of its pass medians, so a
+    disturbance that slows one pass does not enter the fit. --from-db refits from stored
+    measurements (every stored visit).
     """
     from calibration.crossval import format_metrics, plot_predicted_vs_measured
     from calibration.registry import COST_MODELS
@@ -247,6 +269,12 @@ def calibrate_cmd(
         raise CostModelError(f"--threads: must be a positive integer, got {threads}")
     if budget < 1:
         raise CostModelError(f"--budget: must be a positive integer, got {budget}")
+    if passes < 1:
+        raise CostModelError(f"--passes: must be a positive integer, got {passes}")
+    if repeat < 1:
+        raise CostModelError(f"--repeat: must be a positive integer, got {repeat}")
+    if not min_repeat_ms >= 0:
+        raise CostModelError(f"--min-repeat-ms: must be >= 0, got {min_repeat_ms}")
     out = Path(out_path)
     if not out.parent.exists():
         raise CostModelError(f"--out: directory {out.parent} does not exist")
@@ -279,6 +307,9 @@ def calibrate_cmd(
                 db_path=db_path,
                 inventory=inventory_path,
                 energy=energy,
+                passes=passes,
+                repeat=repeat,
+                min_repeat_ms=min_repeat_ms,
             )
 
         result = calibrate(candidates, budget, profile, model=model_kind, seed=seed, log=log)
@@ -294,6 +325,7 @@ def calibrate_cmd(
         energy_cv=result.energy_cv,
         space=space_name,
         budget=budget,
+        measurement=None if from_db else {"passes": passes, "repeat": repeat, "min_repeat_ms": min_repeat_ms},
     )
     plot = Path(plot_path) if plot_path else out.with_suffix(".png")
     plot_predicted_vs_measured(

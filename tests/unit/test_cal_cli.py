@@ -216,3 +216,45 @@ def test_calibrate_too_few(tmp_path) -> None:
         cli, ["calibrate", "--device", "pi3", "--from-db", "--db", str(db), "--out", str(tmp_path / "c.json")]
     )
     assert res.exit_code == 2 and "too few measurements" in res.output
+
+
+def test_usable_rows_takes_the_least_disturbed_visit() -> None:
+    from calibration.workflow import usable_rows
+
+    a, b, c = SPECS[:3]
+    rows = [
+        {"spec_id": a.spec_id, "status": "ok", "latency_ms_median": 2.0, "energy_mj": 3.0},
+        {"spec_id": b.spec_id, "status": "timeout", "latency_ms_median": None},
+        {"spec_id": a.spec_id, "status": "ok", "latency_ms_median": 1.5, "energy_mj": None},
+        {"spec_id": c.spec_id, "status": "ok", "latency_ms_median": 4.0, "energy_mj": 8.0},
+        {"spec_id": a.spec_id, "status": "ok", "latency_ms_median": 1.8, "energy_mj": 5.0},
+        {"spec_id": "unknown", "status": "ok", "latency_ms_median": 1.0},
+    ]
+    specs, lat, energy, skipped = usable_rows({s.spec_id: s for s in (a, b, c)}, rows)
+    assert [s.spec_id for s in specs] == [a.spec_id, c.spec_id]
+    assert list(lat) == [1.5, 4.0]  # the minimum of a's three visits
+    assert energy is not None and list(energy) == [4.0, 8.0]  # median of the visits that have one
+    assert skipped == sorted([b.spec_id, "unknown"])
+    _, _, energy, _ = usable_rows({a.spec_id: a}, rows[2:3])
+    assert energy is None  # a model with no energy at all: no energy model
+
+
+def test_calibrate_passes_and_counting_reach_the_profiler(tmp_path, monkeypatch) -> None:
+    fake = _fake_profile()
+    seen: list[dict] = []
+
+    def profile(specs: list, **kw: Any) -> list[dict]:
+        seen.append(kw)
+        return fake(specs, **kw)
+
+    monkeypatch.setattr(calibration_cmds, "_profile", profile)
+    out = tmp_path / "cost.json"
+    args = ["calibrate", "--device", "local", "--budget", "10", "--pool", "200"]
+    args += ["--db", str(tmp_path / "n.db"), "--out", str(out)]
+    res = CliRunner().invoke(cli, args + ["--repeat", "7"])
+    assert res.exit_code == 0, res.output
+    assert {(k["passes"], k["repeat"], k["min_repeat_ms"]) for k in seen} == {(5, 7, 25.0)}
+    assert load_model(out).metadata_["measurement"] == {"passes": 5, "repeat": 7, "min_repeat_ms": 25.0}
+    for bad, msg in ((["--passes", "0"], "--passes"), (["--repeat", "-1"], "--repeat")):
+        res = CliRunner().invoke(cli, args + bad)
+        assert res.exit_code == 2 and f"nnflash: error: {msg}" in res.output
