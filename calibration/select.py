@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from calibration.errors import CostModelError
-from calibration.features import feature_matrix, feature_names
+from calibration.features import as_layer_tables, feature_matrix, feature_names
 from models.metrics import nn_density
 from models.spec import DenseSpec
 
@@ -111,11 +111,13 @@ def bootstrap_predictions(
     if size == n and n > min_n:
         size = n - 1
     rng = np.random.default_rng(seed)
+    # layer tables once, not once per fit: they are most of the cost for thousands of candidates
+    tables, cand_tables = as_layer_tables(items), as_layer_tables(candidates)
     preds = []
     for _ in range(n_boot):
         idx = np.sort(rng.choice(n, size, replace=False))
-        model = make_model().fit([items[i] for i in idx], yy[idx])
-        preds.append(model.predict(candidates))
+        model = make_model().fit([tables[i] for i in idx], yy[idx])
+        preds.append(model.predict(cand_tables))
     return np.array(preds)
 
 
