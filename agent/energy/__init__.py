@@ -11,7 +11,6 @@ Drivers are imported only when their meter is chosen.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Dict, Optional
 
 from agent.energy.base import Meter, MeterError, PowerTrace
@@ -55,6 +54,8 @@ def make_meter(name: Optional[str], options: Optional[Dict[str, Any]] = None) ->
         return None
     if not isinstance(name, str):
         raise MeterError("energy meter name must be a string")
+    import inspect  # only here: ~2 MB of modules an agent measuring without a meter never needs
+
     cls = _meter_class(name)
     params = inspect.signature(cls.__init__).parameters
     allowed = sorted(p for p in params if p not in ("self", "bus"))

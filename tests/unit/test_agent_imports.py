@@ -122,3 +122,8 @@ def test_serving_process_handles_hello_without_numpy_or_runtime():
     roots = {m.split(".")[0] for m in _loaded_after(code)}
     for heavy in ("numpy", "onnxruntime", "ai_edge_litert", "torch"):
         assert heavy not in roots
+    # memory: psutil (2.6 MB), OpenSSL via hashlib (3.3 MB) and inspect (2 MB) stay out of an idle
+    # agent on Linux; device facts come from /proc and sysfs, artifacts hash with the built-in sha256
+    if sys.platform.startswith("linux"):
+        for costly in ("psutil", "_hashlib", "inspect"):
+            assert costly not in roots, f"{costly} loaded by an idle serving agent"

@@ -252,3 +252,29 @@ def test_real_machine_state_has_all_keys():
         "mem_available_bytes",
     ):
         assert key in s
+
+
+def test_memory_and_physical_cores_from_proc_and_sysfs(tmp_path) -> None:
+    from agent.telemetry import memory, physical_cores
+
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:         948280 kB\nMemFree:          512000 kB\nMemAvailable:     700000 kB\n")
+    assert memory(str(info)) == {"total": 948280 * 1024, "available": 700000 * 1024}
+    for cpu, core in enumerate((0, 1, 0, 1)):  # two cores with two hardware threads each
+        topo = tmp_path / "cpu" / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "core_id").write_text(f"{core}\n")
+        (topo / "physical_package_id").write_text("0\n")
+    assert physical_cores(str(tmp_path / "cpu")) == 2
+    real = memory()
+    assert real["total"] is None or real["total"] > 0
+
+
+def test_builtin_sha256_matches_hashlib(tmp_path) -> None:
+    import hashlib
+
+    from agent.store import sha256_file
+
+    p = tmp_path / "blob"
+    p.write_bytes(bytes(range(256)) * 5000)
+    assert sha256_file(str(p)) == hashlib.sha256(p.read_bytes()).hexdigest()
