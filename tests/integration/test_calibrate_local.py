@@ -107,3 +107,24 @@ def test_calibrate_rejects_bad_passes(tmp_path: Path) -> None:
     assert code == 2
     assert out.strip().splitlines()[-1].startswith("nnflash: error: --passes")
     assert not (tmp_path / "n.db").exists()
+
+
+def test_calibrate_with_the_estimate_meter_fits_an_energy_model(tmp_path: Path) -> None:
+    code, out = _calibrate(tmp_path, "--passes", "1", "--energy", "estimate")
+    assert code == 0, out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["energy_cv"] is not None and report["energy_cv"]["n"] == 8
+    model = load_model(tmp_path / "cost.json")
+    assert model.target == "energy_mj"
+    con = sqlite3.connect(tmp_path / "n.db")
+    energies = [r[0] for r in con.execute("SELECT energy_mj FROM measurements WHERE status = 'ok'")]
+    con.close()
+    assert len(energies) == 8 and all(e is not None and e > 0 for e in energies)
+    specs_file = tmp_path / "specs.jsonl"
+    con = sqlite3.connect(tmp_path / "n.db")
+    specs_file.write_text("".join(row[0] + "\n" for row in con.execute("SELECT json FROM specs")))
+    con.close()
+    res = CliRunner().invoke(cli, ["predict", "--cost", str(tmp_path / "cost.json"), str(specs_file), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert len(rows) == 8 and all(r["energy_mj"] > 0 and r["latency_ms"] > 0 for r in rows)
