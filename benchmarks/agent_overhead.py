@@ -14,7 +14,8 @@ compared like for like:
   repeats of the same ``number`` calls.
 
 Prints per round, then three ratios agent/bare (target 1.00 +- 0.03): of the medians over rounds,
-the median of the per-round ratios, and of the *least disturbed* rounds (each side's minimum round
+the median of the per-round ratios (with a 95% bootstrap interval over rounds: it narrows with
+``--rounds``), and of the *least disturbed* rounds (each side's minimum round
 median). On a shared machine a neighbour's burst slows a whole round of one side by up to 1.5x,
 always upwards; the minimum over rounds is the figure such bursts leave alone, so it is the one to
 quote there (on a quiet device the three agree). Timings are noisy: quote the ratios, side by
@@ -101,6 +102,16 @@ def bare_in_child(runtime: str, path: Path, threads: int, mode: str, n: int, num
         check=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def _bootstrap_ci(ratios: list, n: int = 4000, seed: int = 0) -> tuple:
+    """95% percentile-bootstrap interval of the median of ``ratios``."""
+    import numpy as np
+
+    r = np.asarray(ratios, float)
+    idx = np.random.default_rng(seed).integers(0, len(r), size=(n, len(r)))
+    meds = np.median(r[idx], axis=1)
+    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
 
 
 def bare_side(runtime: str, path: Path, threads: int, warmup_s: float, in_process: bool):
@@ -198,11 +209,13 @@ def main() -> int:
                         f"{res['latency_ms_median']:.4f} ms (number={res['number']})  bare {b:.4f} ms"
                     )
                 a_med, b_med = statistics.median(agent_meds), statistics.median(bare_meds)
-                per_round = statistics.median(a / b for a, b in zip(agent_meds, bare_meds))
+                ratios = [a / b for a, b in zip(agent_meds, bare_meds)]
+                per_round = statistics.median(ratios)
+                lo, hi = _bootstrap_ci(ratios)
                 a_min, b_min = min(agent_meds), min(bare_meds)
                 print(
                     f"{runtime:11s} {mode:5s} agent/bare: medians {a_med:.4f}/{b_med:.4f} ms = {a_med / b_med:.3f}; "
-                    f"median per-round ratio {per_round:.3f}; least disturbed rounds "
+                    f"median per-round ratio {per_round:.3f} (95% CI {lo:.3f}-{hi:.3f}); least disturbed rounds "
                     f"{a_min:.4f}/{b_min:.4f} ms = {a_min / b_min:.3f}"
                 )
     finally:
