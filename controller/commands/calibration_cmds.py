@@ -10,6 +10,7 @@ from typing import Any, Optional
 import click
 
 from calibration.errors import CostModelError
+from controller.commands.common import counting_options
 
 
 def _emit(obj: Any) -> None:
@@ -219,14 +220,7 @@ def _device_facts(db_path: str, device: str) -> Optional[dict[str, Any]]:
     help="Measure every model this many times, one pass over all of them after another; "
     "a model's latency is its least disturbed pass (the minimum of the pass medians).",
 )
-@click.option("--repeat", type=int, default=10, show_default=True, help="Timed repeats per model and pass.")
-@click.option(
-    "--min-repeat-ms",
-    type=float,
-    default=25.0,
-    show_default=True,
-    help="Each repeat runs the model enough times to last at least this long.",
-)
+@counting_options(10, 25.0, "Timed repeats per model and pass.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def calibrate_cmd(

@@ -18,6 +18,7 @@ from controller.commands.common import (
     RUNTIMES,
     artifacts_dir_for,
     connection_options,
+    counting_options,
     db_option,
     devices_from,
     emit_json,
@@ -244,14 +245,7 @@ def _settings(
 )
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's).")
-@click.option("--repeat", type=int, default=20, show_default=True, help="Timed repeats per model.")
-@click.option(
-    "--min-repeat-ms",
-    type=float,
-    default=50.0,
-    show_default=True,
-    help="Each repeat runs the model enough times to last at least this long.",
-)
+@counting_options(20, 50.0, "Timed repeats per model.")
 @click.option("--energy", default="none", show_default=True, help="Energy meter on the device.")
 @click.option(
     "--timeout",

@@ -37,6 +37,22 @@ def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def counting_options(repeat: int, min_repeat_ms: float, repeat_help: str) -> Callable[..., Any]:
+    """``--repeat`` and ``--min-repeat-ms`` (the agent's counting rule) with these defaults."""
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option(
+            "--min-repeat-ms",
+            type=float,
+            default=min_repeat_ms,
+            show_default=True,
+            help="Each repeat runs the model enough times to last at least this long.",
+        )(f)
+        return click.option("--repeat", type=int, default=repeat, show_default=True, help=repeat_help)(f)
+
+    return wrap
+
+
 def load_inventory(inventory_path: Optional[str]) -> Inventory:
     return Inventory.load(resolve_inventory_path(inventory_path), ssh_config_path=default_ssh_config_path())
 
