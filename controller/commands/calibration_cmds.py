@@ -107,7 +107,7 @@ def _profile(
 
     settings = _settings(runtime, threads, repeat, min_repeat_ms, 300.0, energy)
     for visit in range(passes):
-        run_campaign(
+        result = run_campaign(
             specs,
             device,
             settings,
@@ -120,6 +120,11 @@ def _profile(
             visit=visit,
             label=f" pass {visit + 1}/{passes}" if passes > 1 else "",
         )
+        if result.interrupted:
+            raise CostModelError(
+                f"calibration interrupted in pass {visit + 1} of {passes}; what was measured is stored in "
+                f"{db_path}: run the same command again to resume"
+            )
     return _stored_rows(db_path, device, runtime, threads, {s.spec_id for s in specs})
 
 

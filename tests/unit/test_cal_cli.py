@@ -258,3 +258,22 @@ def test_calibrate_passes_and_counting_reach_the_profiler(tmp_path, monkeypatch)
     for bad, msg in ((["--passes", "0"], "--passes"), (["--repeat", "-1"], "--repeat")):
         res = CliRunner().invoke(cli, args + bad)
         assert res.exit_code == 2 and f"nnflash: error: {msg}" in res.output
+
+
+def test_calibrate_stops_when_a_pass_is_interrupted(tmp_path, monkeypatch) -> None:
+    from controller.campaign import CampaignResult
+    from controller.commands import campaign_cmds
+
+    visits: list[int] = []
+
+    def interrupted(specs: list, *a: Any, visit: int = 0, **kw: Any) -> CampaignResult:
+        visits.append(visit)
+        return CampaignResult(campaign_id=1, interrupted=True)
+
+    monkeypatch.setattr(campaign_cmds, "run_campaign", interrupted)
+    args = ["calibrate", "--device", "local", "--budget", "10", "--pool", "200"]
+    res = CliRunner().invoke(cli, args + ["--db", str(tmp_path / "n.db"), "--out", str(tmp_path / "c.json")])
+    assert res.exit_code == 2
+    assert "interrupted in pass 1 of 5" in res.output and "again to resume" in res.output
+    assert visits == [0]  # no further pass, no fit
+    assert not (tmp_path / "c.json").exists()
