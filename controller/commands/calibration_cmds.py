@@ -346,6 +346,7 @@ def calibrate_cmd(
         "threads": threads,
         "model": model_kind,
         "measured": len(result.specs),
+        "passes": None if from_db else passes,
         "skipped": result.skipped,
         "cv": result.cv,
         "energy_cv": result.energy_cv,
@@ -358,6 +359,7 @@ def calibrate_cmd(
         return
     click.echo(
         f"{len(result.specs)} models measured on {device} ({runtime}, threads {threads})"
+        + ("" if from_db else f" in {passes} pass{'es' if passes > 1 else ''}, each model's least disturbed one kept")
         + (f"; {len(result.skipped)} skipped (failed)" if result.skipped else "")
     )
     click.echo(f"cross-validated latency ({int(result.cv['folds'])} folds): {format_metrics(result.cv)}")

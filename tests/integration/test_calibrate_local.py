@@ -58,7 +58,7 @@ def test_calibrate_measures_in_passes_resumes_and_predicts(tmp_path: Path) -> No
     code, out = _calibrate(tmp_path)
     assert code == 0, out
     report = json.loads(out.strip().splitlines()[-1])
-    assert report["measured"] == 8 and report["cv"]["n"] == 8
+    assert report["measured"] == 8 and report["cv"]["n"] == 8 and report["passes"] == 2
     visits = _visits(tmp_path / "n.db")
     assert len(visits) == 8 and all(sorted(v) == [0, 1] for v in visits.values())
 

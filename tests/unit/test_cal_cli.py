@@ -108,6 +108,7 @@ def test_calibrate_profiles_fits_and_reports(tmp_path, monkeypatch) -> None:
     assert res.exit_code == 0, res.output
     assert sum(fake.calls) == 12 and len(fake.calls) == 3
     assert "RMSPE" in res.output and "Spearman" in res.output
+    assert "in 5 passes, each model's least disturbed one kept" in res.output
     model = load_model(out)
     assert model.metadata_["device"] == "local" and model.metadata_["threads"] == 1
     assert model.metadata_["cv"]["n"] == 9  # 12 profiled, one failure per round
