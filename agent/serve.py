@@ -215,8 +215,8 @@ class Agent:
 def release_freed_memory() -> None:
     """Collect garbage and hand the C heap's free pages back to the system (glibc's
     ``malloc_trim``; nothing elsewhere). An in-process measurement frees its session, but glibc
-    keeps the pages (4-5 MB after a small model, all of a large one's arena) resident until
-    trimmed; the idle agent should not carry them."""
+    keeps freed pages resident until trimmed (1-4 MB after the small models measured here; a
+    large model's buffers are larger); the idle agent should not carry them."""
     import gc
 
     gc.collect()
