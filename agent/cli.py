@@ -11,7 +11,8 @@ import os
 import sys
 from typing import Any, Dict, List, NoReturn, Optional
 
-from agent import __version__
+from nnflash_agent import __version__
+from nnflash_agent.runners import RUNTIME_FORMATS, RUNTIMES
 
 __all__ = ["main"]
 
@@ -65,7 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("measure", help="measure one model file")
     m.add_argument("model", help="path to a .onnx or .tflite file")
-    m.add_argument("--runtime", required=True, choices=["onnxruntime", "tflite"])
+    m.add_argument("--runtime", required=True, choices=list(RUNTIMES))
     m.add_argument("--threads", type=int)
     m.add_argument("--affinity", help="comma-separated CPU ids, e.g. 0,1")
     m.add_argument("--energy", default="none", help="meter: none, estimate, rapl, ina219, ...")
@@ -131,9 +132,9 @@ def _measure_options(ns: argparse.Namespace) -> Dict[str, Any]:
 
 def _measure_file(path: str, runtime: str, raw: Dict[str, Any]) -> Dict[str, Any]:
     """Measure a model file; returns a response-shaped dict {status, error, result}."""
-    from agent.measure import parse_options
-    from agent.protocol import ProtocolError
-    from agent.worker import run_isolated, run_job
+    from nnflash_agent.measure import parse_options
+    from nnflash_agent.protocol import ProtocolError
+    from nnflash_agent.worker import run_isolated, run_job
 
     try:
         opts = parse_options(raw)
@@ -197,7 +198,7 @@ def _print_record(r: Dict[str, Any]) -> None:
 
 
 def _cmd_info(ns: argparse.Namespace) -> int:
-    from agent.telemetry import Telemetry
+    from nnflash_agent.telemetry import Telemetry
 
     tel = Telemetry()
     data = {"facts": tel.facts(), "state": tel.state()}
@@ -220,13 +221,13 @@ def _cmd_info(ns: argparse.Namespace) -> int:
 
 
 def _cmd_measure(ns: argparse.Namespace) -> int:
-    from agent.protocol import OK
+    from nnflash_agent.protocol import OK
 
     path = ns.model
     if not os.path.isfile(path):
         raise UsageError(f"no such model file: {path}")
     ext = os.path.splitext(path)[1].lower()
-    want = {"onnxruntime": ".onnx", "tflite": ".tflite"}[ns.runtime]
+    want = "." + RUNTIME_FORMATS[ns.runtime]
     if ext != want:
         raise UsageError(f"--runtime {ns.runtime} needs a {want} file, got {path}")
     answer = _measure_file(path, ns.runtime, _measure_options(ns))
@@ -254,8 +255,8 @@ def _cmd_selftest(ns: argparse.Namespace) -> int:
     With ``--json`` the report is one object: ``{"agent_version", "python", "passed", "runtimes":
     {name: {"status": "ok" | "not_installed" | an error code, "error", "runtime_version",
     "latency_ms_median", "load_ms"}}}`` (the installer checks the runtimes it installed)."""
-    from agent.protocol import OK
-    from agent.telemetry import runtime_versions
+    from nnflash_agent.protocol import OK
+    from nnflash_agent.telemetry import runtime_versions
 
     available = runtime_versions()
     report: Dict[str, Any] = {"agent_version": __version__, "python": sys.version.split()[0], "runtimes": {}}
@@ -307,8 +308,8 @@ def _cmd_selftest(ns: argparse.Namespace) -> int:
 
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
-    from agent.serve import Agent, serve
-    from agent.store import default_journal_path, default_store_dir
+    from nnflash_agent.serve import Agent, serve
+    from nnflash_agent.store import default_journal_path, default_store_dir
 
     try:
         agent = Agent(
@@ -319,7 +320,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot use the store: {exc}") from None
     if ns.socket is not None:
-        from agent.daemon import DaemonError, default_socket_path, serve_socket
+        from nnflash_agent.daemon import DaemonError, default_socket_path, serve_socket
 
         try:
             return serve_socket(agent, ns.socket or default_socket_path())
@@ -330,7 +331,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 
 
 def _cmd_connect(ns: argparse.Namespace) -> int:
-    from agent.daemon import connect, default_socket_path
+    from nnflash_agent.daemon import connect, default_socket_path
 
     path = ns.socket or default_socket_path()
     try:
@@ -340,7 +341,7 @@ def _cmd_connect(ns: argparse.Namespace) -> int:
             raise UsageError(f"no long-running agent answers on {path} ({exc.strerror or exc})") from None
     sys.stderr.write(f"nnflash-agent: no long-running agent on {path}; serving on demand\n")
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "agent.cli", "serve"])
+    os.execv(sys.executable, [sys.executable, "-m", "nnflash_agent.cli", "serve"])
     return EXIT_FAIL  # not reached
 
 

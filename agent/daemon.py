@@ -23,7 +23,7 @@ import sys
 import threading
 from typing import IO, Any, Optional, cast
 
-from agent.serve import _log
+from nnflash_agent.serve import _log
 
 __all__ = ["default_socket_path", "serve_socket", "connect", "DaemonError"]
 
@@ -34,7 +34,7 @@ class DaemonError(Exception):
 
 def default_socket_path() -> str:
     """``<agent cache dir>/agent.sock`` (``~/.cache/nnflash-agent/agent.sock`` by default)."""
-    from agent.store import _cache_root
+    from nnflash_agent.store import _cache_root
 
     return os.path.join(_cache_root(), "agent.sock")
 
@@ -71,7 +71,7 @@ def _prepare(path: str) -> socket.socket:
 def serve_socket(agent: Any, path: str, *, max_sessions: Optional[int] = None) -> int:
     """Serve ``agent`` on the UNIX socket ``path`` until a signal stops it (or ``max_sessions``
     sessions were served: tests). Returns the exit code."""
-    from agent.serve import install_stop_signals, serve
+    from nnflash_agent.serve import install_stop_signals, serve
 
     sock = _prepare(path)
     os.dup2(2, 1)  # stray prints of libraries go to the log, never to a client

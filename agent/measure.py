@@ -20,7 +20,7 @@ Counting rule (the one place it is written down)
      and calibration repeats again (``min_repeat_ms = 0`` skips calibration). Calibration
      repeats are discarded (they are listed in ``calibration``). Then ``repeat`` repeats are timed.
 5. **Samples.** ``samples_ms`` holds the per-inference time of each repeat (``repeat`` values, in
-   order); every statistic is computed from them (see :mod:`agent.stats`). ``inferences`` =
+   order); every statistic is computed from them (see :mod:`nnflash_agent.stats`). ``inferences`` =
    ``number * repeat`` timed calls.
 
 Timing uses ``time.perf_counter_ns`` around the calls only. Energy, when a meter is chosen, is the
@@ -39,7 +39,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
-from agent.protocol import BAD_REQUEST, ProtocolError
+from nnflash_agent.protocol import BAD_REQUEST, ProtocolError
 
 __all__ = ["OPTION_DEFAULTS", "parse_options", "run_measurement", "MeasurementFailed"]
 
@@ -145,7 +145,7 @@ def parse_options(raw: Dict[str, Any], allow_test_hooks: bool = False) -> Dict[s
         energy = "none"
     if not isinstance(energy, str):
         raise _bad("'energy' must be a meter name")
-    from agent.energy import METERS
+    from nnflash_agent.energy import METERS
 
     if energy not in METERS:
         raise _bad(f"unknown energy meter {energy!r} (known: {', '.join(METERS)})")
@@ -154,7 +154,7 @@ def parse_options(raw: Dict[str, Any], allow_test_hooks: bool = False) -> Dict[s
     if eopts is not None and not isinstance(eopts, dict):
         raise _bad("'energy_options' must be an object")
     opts["energy_options"] = eopts or {}
-    from agent.energy import MeterError, make_meter
+    from nnflash_agent.energy import MeterError, make_meter
 
     try:  # constructing a meter checks its options; no hardware is touched before open()
         make_meter(energy, opts["energy_options"])
@@ -214,11 +214,11 @@ def run_measurement(
     Raises :class:`MeasurementFailed` with a protocol status for expected failures (runtime missing,
     runtime refuses the model, meter unavailable). Runs in the isolated worker by default.
     """
-    from agent.energy import MeterError, make_meter
-    from agent.protocol import RUNTIME_ERROR, RUNTIME_UNAVAILABLE
-    from agent.runners import RuntimeUnavailable, make_runner
-    from agent.stats import summarize
-    from agent.telemetry import Telemetry, compare_states
+    from nnflash_agent.energy import MeterError, make_meter
+    from nnflash_agent.protocol import RUNTIME_ERROR, RUNTIME_UNAVAILABLE
+    from nnflash_agent.runners import RuntimeUnavailable, make_runner
+    from nnflash_agent.stats import summarize
+    from nnflash_agent.telemetry import Telemetry, compare_states
 
     tel = telemetry if telemetry is not None else Telemetry()
     flags: List[str] = []

@@ -14,8 +14,8 @@ import sys
 import time
 from typing import IO, Any, Dict, Optional, Tuple
 
-from agent import __version__
-from agent.protocol import (
+from nnflash_agent import __version__
+from nnflash_agent.protocol import (
     BAD_REQUEST,
     INTERNAL,
     MAX_LINE_BYTES,
@@ -56,9 +56,9 @@ class Agent:
         allow_test_hooks: Optional[bool] = None,
         prespawn: bool = False,
     ) -> None:
-        from agent.journal import Journal
-        from agent.store import Store
-        from agent.worker import WorkerPool
+        from nnflash_agent.journal import Journal
+        from nnflash_agent.store import Store
+        from nnflash_agent.worker import WorkerPool
 
         self.store = Store(store_dir)
         self.store.ensure()
@@ -76,7 +76,7 @@ class Agent:
     @property
     def telemetry(self) -> Any:
         if self._telemetry is None:
-            from agent.telemetry import Telemetry
+            from nnflash_agent.telemetry import Telemetry
 
             self._telemetry = Telemetry()
         return self._telemetry
@@ -143,9 +143,9 @@ class Agent:
 
     def measure(self, rid: str, args: Dict[str, Any]) -> Dict[str, Any]:
         """Validate, run (isolated by default), journal (fsync), return the full response."""
-        from agent.measure import parse_options
-        from agent.runners import RUNTIME_FORMATS, RUNTIMES
-        from agent.store import check_artifact_ref
+        from nnflash_agent.measure import parse_options
+        from nnflash_agent.runners import RUNTIME_FORMATS, RUNTIMES
+        from nnflash_agent.store import check_artifact_ref
 
         if "artifact" not in args:
             raise ProtocolError(BAD_REQUEST, "measure: missing argument 'artifact'", rid)
@@ -171,7 +171,7 @@ class Agent:
     def run_measure(
         self, rid: str, path: str, runtime: str, ref: Dict[str, str], opts: Dict[str, Any]
     ) -> Dict[str, Any]:
-        from agent.worker import run_isolated, run_job
+        from nnflash_agent.worker import run_isolated, run_job
 
         job = {"model_path": path, "runtime": runtime, "options": opts}
         t0 = time.monotonic()

@@ -10,37 +10,13 @@ import os
 import re
 from typing import Any, Dict, List, Optional
 
-from agent.protocol import BAD_REQUEST, CORRUPT_ARTIFACT, MISSING_ARTIFACT, ProtocolError
+from nnflash_agent.fileio import sha256_file
+from nnflash_agent.protocol import BAD_REQUEST, CORRUPT_ARTIFACT, MISSING_ARTIFACT, ProtocolError
 
-__all__ = ["FORMATS", "Store", "sha256_file", "default_store_dir", "default_journal_path"]
+__all__ = ["FORMATS", "Store", "default_store_dir", "default_journal_path"]
 
 FORMATS = ("onnx", "tflite")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _sha256() -> Any:
-    """A sha256 hasher. CPython's built-in one where present: hashlib's goes through OpenSSL,
-    which maps libcrypto into the agent (3.3 MB resident on x86_64) for the one hash it needs;
-    the built-in one hashes at ~250 MB/s here, plenty for model files."""
-    for mod in ("_sha2", "_sha256"):  # Python >= 3.12, <= 3.11
-        try:
-            return __import__(mod).sha256()
-        except (ImportError, AttributeError):
-            continue
-    import hashlib
-
-    return hashlib.sha256()
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = _sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 def _cache_root() -> str:

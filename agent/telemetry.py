@@ -273,7 +273,7 @@ class Telemetry:
 
     def facts(self) -> Dict[str, Any]:
         """Static device facts (cheap: no runtime is imported)."""
-        from agent import __version__
+        from nnflash_agent import __version__
 
         mem_total = memory().get("total")
         physical = physical_cores()
@@ -426,7 +426,7 @@ def compare_states(before: Dict[str, Any], after: Dict[str, Any], freq_tol: floa
     return flags
 
 
-def _main() -> None:  # pragma: no cover - debugging aid: python -m agent.telemetry
+def _main() -> None:  # pragma: no cover - debugging aid: python -m nnflash_agent.telemetry
     import json
 
     t = Telemetry()

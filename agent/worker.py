@@ -1,6 +1,6 @@
-"""The isolated measurement worker: ``python -m agent.worker``.
+"""The isolated measurement worker: ``python -m nnflash_agent.worker``.
 
-Reads one job (a JSON object) on stdin, runs :func:`agent.measure.run_measurement`, writes one
+Reads one job (a JSON object) on stdin, runs :func:`nnflash_agent.measure.run_measurement`, writes one
 JSON object ``{"status", "error", "result"}`` on its stdout and exits 0. Anything a runtime prints
 to fd 1 is redirected to stderr first, so stdout carries only the answer.
 
@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from agent.protocol import CRASHED, INTERNAL, OK, TIMEOUT, json_safe
+from nnflash_agent.protocol import CRASHED, INTERNAL, OK, TIMEOUT, json_safe
 
 __all__ = ["run_isolated", "run_job", "main"]
 
@@ -27,7 +27,7 @@ STDERR_TAIL = 2000
 
 
 def _worker_command(preload: Optional[str] = None) -> List[str]:
-    """``python -c <bootstrap>``: import the same ``agent`` package as this process. The package's
+    """``python -c <bootstrap>``: import the same ``nnflash_agent`` package as this process. The package's
     parent directory is put on ``sys.path`` only when it is not there already (a source checkout), so
     an installed agent never gets site-packages moved ahead of the standard library."""
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def _worker_command(preload: Optional[str] = None) -> List[str]:
         f"p = {pkg_parent!r}\n"
         "sys.path[:] = [x for x in sys.path if x != '']\n"
         "if p not in sys.path: sys.path.insert(0, p)\n"
-        "from agent.worker import main\n"
+        "from nnflash_agent.worker import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     return [sys.executable, "-c", boot] + ([preload] if preload else [])
@@ -123,7 +123,7 @@ def _preload(runtime: str) -> None:
     try:
         import numpy  # noqa: F401
 
-        from agent.runners import make_runner
+        from nnflash_agent.runners import make_runner
 
         make_runner(runtime).import_runtime()
     except Exception:
@@ -142,7 +142,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 def run_job(job: Dict[str, Any]) -> Dict[str, Any]:
     """Run one job in this process; always returns ``{"status", "error", "result"}``."""
-    from agent.measure import MeasurementFailed, run_measurement
+    from nnflash_agent.measure import MeasurementFailed, run_measurement
 
     try:
         result = run_measurement(job["model_path"], job["runtime"], job["options"])

@@ -81,7 +81,7 @@ class Agent:
         self.t_spawn = time.perf_counter()
         args = command or ["serve", "--store", str(self.store), "--journal", str(tmp / "journal.jsonl"), *extra]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", *args],
+            [sys.executable, "-m", "nnflash_agent.cli", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

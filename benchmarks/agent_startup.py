@@ -1,6 +1,6 @@
 """Agent start-up time and memory.
 
-- start to ready: spawn ``python -m agent.cli serve`` until its ``hello`` answer arrives (median of N
+- start to ready: spawn ``python -m nnflash_agent.cli serve`` until its ``hello`` answer arrives (median of N
   spawns; target < 1 s);
 - RSS of the idle serving process after hello, after an isolated onnxruntime measurement (the runtime
   loads only in the worker), and after an in-process one (``isolate: false``: onnxruntime loaded in the
@@ -96,7 +96,7 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     daemon_store = tmp / "daemon-store"
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "serve", "--socket", str(sock), "--prespawn"]
+        [sys.executable, "-m", "nnflash_agent.cli", "serve", "--socket", str(sock), "--prespawn"]
         + ["--store", str(daemon_store / "store"), "--journal", str(daemon_store / "journal.jsonl")],
         stderr=subprocess.PIPE,
         env=env,

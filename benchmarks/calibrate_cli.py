@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.crossval import format_metrics, report_metrics
-from calibration.workflow import usable_rows
-from controller.commands.calibration_cmds import _profile
-from models.space import get_space
+from nnflash.calibration.crossval import format_metrics, report_metrics
+from nnflash.calibration.workflow import usable_rows
+from nnflash.controller.commands.calibration_cmds import _profile
+from nnflash.models.space import get_space
 
 TEST_SEED = 20240611  # the held-out set of benchmarks/calibration_accuracy.py
 HELDOUT_REPEAT, HELDOUT_MIN_REPEAT_MS = 10, 25.0

@@ -1,13 +1,13 @@
 """Goal benchmark of issue 6: latency prediction from at most 25 profiled models.
 
-On this machine, one thread, onnxruntime (CPU): the selector (:mod:`calibration.select`) chooses at
+On this machine, one thread, onnxruntime (CPU): the selector (:mod:`nnflash.calibration.select`) chooses at
 most ``--budget`` models of the ``flash`` space (coverage, then active rounds), they are measured,
 a cost model is fitted, and 100 random held-out models of the space are predicted. Target: at least
 95% of them within +-10% and Spearman >= 0.95. The linear baseline and MACs alone are fitted on the
 same measurements and reported side by side; then the roofline at budgets 5, 10, 15, 25, 50, and
 25 random draws instead of the selector.
 
-Measurement (the same for training and test models): :mod:`calibration.timing` -- every model
+Measurement (the same for training and test models): :mod:`nnflash.calibration.timing` -- every model
 exported to ONNX (opset 17), one onnxruntime session with ``intra_op_num_threads=1`` and sequential
 execution, seeded input; models are loaded 30 at a time and visited in shuffled order ``--rounds``
 (5) times; each visit runs 2 warm-up calls, then calls timed with the wall clock
@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from calibration import make_model
-from calibration.crossval import cross_validate, format_metrics, plot_predicted_vs_measured
-from calibration.select import select_specs
-from calibration.timing import export_onnx, time_onnx
-from models.space import get_space
+from nnflash.calibration import make_model
+from nnflash.calibration.crossval import cross_validate, format_metrics, plot_predicted_vs_measured
+from nnflash.calibration.select import select_specs
+from nnflash.calibration.timing import export_onnx, time_onnx
+from nnflash.models.space import get_space
 
 TEST_SEED = 20240611
 POOL_SEED = 1

@@ -22,11 +22,11 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from sshd_fixture import SSHServer, real_agent_command  # noqa: E402
 
-from controller.campaign import Campaign, MeasureSettings  # noqa: E402
-from controller.inventory import Device  # noqa: E402
-from controller.store import Store  # noqa: E402
-from controller.transport import make_connection  # noqa: E402
-from models.space import get_space  # noqa: E402
+from nnflash.controller.campaign import Campaign, MeasureSettings  # noqa: E402
+from nnflash.controller.inventory import Device  # noqa: E402
+from nnflash.controller.store import Store  # noqa: E402
+from nnflash.controller.transport import make_connection  # noqa: E402
+from nnflash.models.space import get_space  # noqa: E402
 
 
 def device(server: SSHServer, store: Path, name: str) -> Device:

@@ -23,8 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests" / "integration"))
 
-from controller.inventory import Device, local_device  # noqa: E402
-from controller.transport import Connection, LocalConnection, SSHConnection  # noqa: E402
+from nnflash.controller.inventory import Device, local_device  # noqa: E402
+from nnflash.controller.transport import Connection, LocalConnection, SSHConnection  # noqa: E402
 
 
 def _median_ms(fn: Callable[[], Any], n: int) -> float:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.builder import build_module  # noqa: E402
-from models.export import ExportError, export_spec  # noqa: E402
-from models.spec import parse_spec  # noqa: E402
+from nnflash.models.builder import build_module  # noqa: E402
+from nnflash.models.export import ExportError, export_spec  # noqa: E402
+from nnflash.models.spec import parse_spec  # noqa: E402
 
 SPECS = {
     "dense-small-regular": {

@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from models.metrics import dense_metrics
-from models.space import generate, get_space
+from nnflash.models.metrics import dense_metrics
+from nnflash.models.space import generate, get_space
 
 
 def median_time(fn, repeats: int) -> float:
@@ -42,7 +42,7 @@ def main() -> None:
     # The paper's code computes metrics by building each network; do the same for a few configs.
     import torch
 
-    from models.builder import build_module
+    from nnflash.models.builder import build_module
 
     specs = [space.to_spec(d[i], w[i], t[i]) for i in range(20)]
 

@@ -1,22 +1,22 @@
 """Calibration: features of specs, cost models fitted from measurements, what to measure.
 
-Every cost model takes *specs* as ``X`` (see :mod:`calibration.base`)::
+Every cost model takes *specs* as ``X`` (see :mod:`nnflash.calibration.base`)::
 
-    from calibration import RooflineLatencyModel, load_model
+    from nnflash.calibration import RooflineLatencyModel, load_model
     model = RooflineLatencyModel().fit(specs, latency_ms)
     model.predict(new_specs); model.score(test_specs, measured); model.report()
     model.save("cost.json", device="pi3", runtime="onnxruntime", threads=1)
     load_model("cost.json").predict(new_specs)
 """
 
-from calibration.base import CostModel
-from calibration.crossval import cross_val_predict, cross_validate, report_metrics
-from calibration.energy import EnergyModel
-from calibration.errors import CostModelError
-from calibration.features import feature_matrix, feature_names, features
-from calibration.linear import LinearLatencyModel, MacsOnlyModel
-from calibration.registry import COST_MODELS, check_compatible, load_model, make_model, model_from_dict
-from calibration.roofline import RooflineLatencyModel
+from nnflash.calibration.base import CostModel
+from nnflash.calibration.crossval import cross_val_predict, cross_validate, report_metrics
+from nnflash.calibration.energy import EnergyModel
+from nnflash.calibration.errors import CostModelError
+from nnflash.calibration.features import feature_matrix, feature_names, features
+from nnflash.calibration.linear import LinearLatencyModel, MacsOnlyModel
+from nnflash.calibration.registry import COST_MODELS, check_compatible, load_model, make_model, model_from_dict
+from nnflash.calibration.roofline import RooflineLatencyModel
 
 __all__ = [
     "COST_MODELS",

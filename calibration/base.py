@@ -6,11 +6,11 @@ Conventions (checked for every registered model by ``tests/unit/test_cal_contrac
 - ``fit(X, y)`` validates its input and returns ``self``; everything it learns is stored in
   attributes whose names end in ``_``;
 - ``predict(X)`` on an unfitted model raises :class:`~calibration.errors.CostModelError`;
-- ``score(X, y)`` returns the project's metrics dict (:func:`calibration.crossval.report_metrics`).
+- ``score(X, y)`` returns the project's metrics dict (:func:`nnflash.calibration.crossval.report_metrics`).
 
 ``X`` is always a sequence of *specs* (spec objects, spec dicts, or layer tables from
 ``models.metrics.layer_table``); every model computes its own features from them
-(:mod:`calibration.features`). ``y`` is the measured latency in ms (``energy_mj`` for the energy
+(:mod:`nnflash.calibration.features`). ``y`` is the measured latency in ms (``energy_mj`` for the energy
 model).
 
 Saved models are JSON (never pickle) so a model saved today loads in a later version::
@@ -34,8 +34,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from calibration.errors import CostModelError
-from calibration.features import LayerRecord, as_layer_tables, as_sample_list
+from nnflash.calibration.errors import CostModelError
+from nnflash.calibration.features import LayerRecord, as_layer_tables, as_sample_list
+from nnflash_agent.fileio import atomic_write_text
 
 FORMAT = "nnflash-cost-model"
 FORMAT_VERSION = 1
@@ -54,7 +55,7 @@ def _spec_id(x: Any) -> str | None:
     sid = getattr(x, "spec_id", None)
     if sid is None and isinstance(x, Mapping):
         try:
-            from models.spec import parse_spec
+            from nnflash.models.spec import parse_spec
 
             sid = parse_spec(x).spec_id
         except Exception:
@@ -179,7 +180,7 @@ class CostModel:
 
     def score(self, X: Sequence[Any], y: Any) -> dict[str, float]:
         """RMSPE, MAPE, share within +-5% / +-10% and Spearman of ``predict(X)`` against ``y``."""
-        from calibration.crossval import report_metrics
+        from nnflash.calibration.crossval import report_metrics
 
         pred = self.predict(X)
         return report_metrics(check_target(y, len(pred), "y"), pred)
@@ -215,12 +216,9 @@ class CostModel:
         self.metadata_.update({k: v for k, v in metadata.items() if v is not None})
         text = json.dumps(_jsonable(self.to_dict()), indent=1, sort_keys=True, allow_nan=False)
         p = Path(path)
-        tmp = p.with_name(f".{p.name}.tmp")
         try:
-            tmp.write_text(text + "\n")
-            tmp.replace(p)
+            atomic_write_text(p, text + "\n")
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise CostModelError(f"cannot write cost model to {p}: {e.strerror or e}") from None
         return p
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.errors import CostModelError
+from nnflash.calibration.errors import CostModelError
 
 METRIC_NAMES = ("rmspe", "mape", "within_5", "within_10", "spearman", "n")
 

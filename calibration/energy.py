@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from calibration.base import CostModel, check_target
-from calibration.errors import CostModelError
-from calibration.features import LayerRecord
-from calibration.linear import _relative_nnls
+from nnflash.calibration.base import CostModel, check_target
+from nnflash.calibration.errors import CostModelError
+from nnflash.calibration.features import LayerRecord
+from nnflash.calibration.linear import _relative_nnls
 
 
 class EnergyModel(CostModel):
@@ -35,7 +35,7 @@ class EnergyModel(CostModel):
         self.latency_model = latency_model
 
     def _validate_params(self) -> None:
-        from calibration.registry import COST_MODELS
+        from nnflash.calibration.registry import COST_MODELS
 
         lm = COST_MODELS.get(self.latency_model)
         if lm is None or lm.target != "latency_ms":
@@ -49,7 +49,7 @@ class EnergyModel(CostModel):
         return np.column_stack([latency_ms, macs * 1e-9, nbytes * 1e-9])
 
     def _fit(self, tables: list[list[LayerRecord]], y: np.ndarray, **kw: Any) -> None:
-        from calibration.registry import make_model
+        from nnflash.calibration.registry import make_model
 
         latency = kw["latency_ms"]
         self.latency_model_ = make_model(self.latency_model).fit(tables, latency)
@@ -87,7 +87,7 @@ class EnergyModel(CostModel):
         }
 
     def _set_state(self, state: Mapping[str, Any]) -> None:
-        from calibration.registry import model_from_dict
+        from nnflash.calibration.registry import model_from_dict
 
         self.idle_power_w_ = float(state["idle_power_w"])
         self.pj_per_mac_ = float(state["pj_per_mac"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.errors import NnflashError
+from nnflash.models.errors import NnflashError
 
 
 class CostModelError(NnflashError, ValueError):

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from calibration.errors import CostModelError
-from models.metrics import Layer, layer_table
-from models.spec import parse_spec
+from nnflash.calibration.errors import CostModelError
+from nnflash.models.metrics import Layer, layer_table
+from nnflash.models.spec import parse_spec
 
 KINDS: tuple[str, ...] = ("conv", "pointwise", "depthwise", "linear", "bn", "gather", "pool", "add")
 COMPUTE_KINDS: tuple[str, ...] = ("conv", "pointwise", "depthwise", "linear")

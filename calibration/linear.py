@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from calibration.base import CostModel
-from calibration.errors import CostModelError
-from calibration.features import LayerRecord, _vector, feature_names
+from nnflash.calibration.base import CostModel
+from nnflash.calibration.errors import CostModelError
+from nnflash.calibration.features import LayerRecord, _vector, feature_names
 
 #: Default columns of :class:`LinearLatencyModel` (the per-kind totals are sums of these).
 DEFAULT_LINEAR_FEATURES: tuple[str, ...] = tuple(

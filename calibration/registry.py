@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from calibration.base import FORMAT, FORMAT_VERSION, CostModel
-from calibration.energy import EnergyModel
-from calibration.errors import CostModelError
-from calibration.linear import LinearLatencyModel, MacsOnlyModel
-from calibration.roofline import RooflineLatencyModel
+from nnflash.calibration.base import FORMAT, FORMAT_VERSION, CostModel
+from nnflash.calibration.energy import EnergyModel
+from nnflash.calibration.errors import CostModelError
+from nnflash.calibration.linear import LinearLatencyModel, MacsOnlyModel
+from nnflash.calibration.roofline import RooflineLatencyModel
 
 #: Every cost model, by ``kind`` (the contract test runs over this dict).
 COST_MODELS: dict[str, type[CostModel]] = {

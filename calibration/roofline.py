@@ -80,9 +80,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
-from calibration.base import CostModel
-from calibration.errors import CostModelError
-from calibration.features import KIND_INDEX, KINDS, LayerBatch, LayerRecord, layer_batch
+from nnflash.calibration.base import CostModel
+from nnflash.calibration.errors import CostModelError
+from nnflash.calibration.features import KIND_INDEX, KINDS, LayerBatch, LayerRecord, layer_batch
 
 #: Operator kinds of the roofline: the layer kinds plus the runtime's implied operators.
 ROOF_KINDS: tuple[str, ...] = KINDS + ("conv_im2col", "im2col", "reorder")

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from calibration.errors import CostModelError
-from calibration.features import as_layer_tables, feature_matrix, feature_names
-from models.metrics import nn_density
-from models.spec import DenseSpec
+from nnflash.calibration.errors import CostModelError
+from nnflash.calibration.features import as_layer_tables, feature_matrix, feature_names
+from nnflash.models.metrics import nn_density
+from nnflash.models.spec import DenseSpec
 
 
 def selection_vectors(specs: Sequence[Any]) -> np.ndarray:
@@ -191,7 +191,7 @@ def select_specs(
     chosen = first
     y = list(measure(first))
     if make_model is None:
-        from calibration.roofline import RooflineLatencyModel
+        from nnflash.calibration.roofline import RooflineLatencyModel
 
         make_model = RooflineLatencyModel
     for r, k in enumerate(steps[1:]):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.roofline import ROOF_COMPUTE, ROOF_INDEX, ROOF_KINDS, RooflineLatencyModel
+from nnflash.calibration.roofline import ROOF_COMPUTE, ROOF_INDEX, ROOF_KINDS, RooflineLatencyModel
 
 #: Physical numbers of the known roofline (GFLOP/s, GB/s, us per operator, ms).
 DEFAULT_TRUTH: dict[str, Any] = {
@@ -70,7 +70,7 @@ def synthetic_energy(
     pj_per_byte: float = 20.0,
 ) -> np.ndarray:
     """Energy (mJ) under a known energy model."""
-    from calibration.features import as_layer_tables
+    from nnflash.calibration.features import as_layer_tables
 
     tables = as_layer_tables(list(specs))
     macs = np.array([sum(r.macs for r in t) for t in tables])

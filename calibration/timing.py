@@ -38,7 +38,7 @@ def export_onnx(spec: Any, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        from models.export import export_spec
+        from nnflash.models.export import export_spec
     except ImportError:  # pragma: no cover - the exporter module is optional here
         return _export_plain(spec, out)
     return Path(export_spec(spec, "onnx", out).path)
@@ -49,7 +49,7 @@ def _export_plain(spec: Any, out: Path) -> Path:  # pragma: no cover - fallback
     if not path.exists():
         import torch
 
-        from models.builder import build_module, example_input
+        from nnflash.models.builder import build_module, example_input
 
         module = build_module(spec).eval()
         tmp = path.with_suffix(".tmp.onnx")

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from calibration.base import CostModel
-from calibration.crossval import cross_val_predict, report_metrics
-from calibration.errors import CostModelError
-from calibration.registry import make_model
-from calibration.select import cover, most_uncertain, plan_budget
+from nnflash.calibration.base import CostModel
+from nnflash.calibration.crossval import cross_val_predict, report_metrics
+from nnflash.calibration.errors import CostModelError
+from nnflash.calibration.registry import make_model
+from nnflash.calibration.select import cover, most_uncertain, plan_budget
 
 ProfileFn = Callable[[list[Any]], Sequence[Mapping[str, Any]]]
 

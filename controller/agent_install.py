@@ -11,7 +11,7 @@ Devices in a lab often have no internet access, so nothing is downloaded *on the
    (``pip download --only-binary=:all: --platform ... --python-version ...``), through a local
    cache (``$XDG_CACHE_HOME/nnflash/wheels/<tag>``) so a second device of the same kind, or a
    workstation that went offline, needs no index. The agent's own wheel is built from this
-   repository (:mod:`controller.agent_wheel`).
+   repository (:mod:`nnflash.controller.agent_wheel`).
 4. **ship** them over SFTP into ``<prefix>/wheels`` (skipping files whose sha256 already matches,
    verifying every upload on the device, removing wheels no longer needed).
 5. **install** into a venv ``<prefix>/venv`` (PEP 668: never the system Python) with
@@ -40,9 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from controller.agent_wheel import AGENT_VERSION, EXTRAS, REQUIRES, build_agent_wheel, wheel_name
-from controller.errors import NnflashError, TransportError
-from controller.inventory import Device
+from nnflash.controller.agent_wheel import AGENT_VERSION, agent_dependencies, build_agent_wheel, wheel_name
+from nnflash.controller.errors import NnflashError, TransportError
+from nnflash.controller.inventory import Device
+from nnflash_agent.fileio import sha256_file
+from nnflash_agent.runners import RUNTIMES
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -59,7 +61,6 @@ __all__ = [
 ]
 
 DEFAULT_PREFIX = "~/.local/share/nnflash-agent"
-RUNTIME_CHOICES = ("onnxruntime", "tflite")
 METER_EXTRAS = {"none": None, "estimate": None, "rapl": None, "ina219": "i2c", "ina260": "i2c", "um25c": "usb"}
 _MIN_PYTHON = (3, 9)
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -297,10 +298,10 @@ def plan_install(facts: Dict[str, Any], runtimes: Sequence[str], meter: Optional
         raise InstallError(f"the device has Python {pyver}; the agent needs Python 3.9 or newer")
     runtimes = tuple(dict.fromkeys(runtimes))
     if not runtimes:
-        raise InstallError("--runtime: name at least one runtime (onnxruntime, tflite)")
+        raise InstallError(f"--runtime: name at least one runtime ({', '.join(RUNTIMES)})")
     for r in runtimes:
-        if r not in RUNTIME_CHOICES:
-            raise InstallError(f"--runtime: unknown runtime {r!r} (choose from {', '.join(RUNTIME_CHOICES)})")
+        if r not in RUNTIMES:
+            raise InstallError(f"--runtime: unknown runtime {r!r} (choose from {', '.join(RUNTIMES)})")
     extras: List[str] = []
     if arch in ("aarch64", "x86_64"):
         extras += [r for r in runtimes]
@@ -327,9 +328,10 @@ def plan_install(facts: Dict[str, Any], runtimes: Sequence[str], meter: Optional
             raise InstallError(f"--meter: unknown energy meter {meter!r} (choose from {', '.join(METER_EXTRAS)})")
         if METER_EXTRAS[meter]:
             extras.append(str(METER_EXTRAS[meter]))
-    reqs: List[str] = list(REQUIRES)
+    requires, extra_reqs = agent_dependencies()
+    reqs: List[str] = list(requires)
     for extra in extras:
-        reqs += list(EXTRAS[extra])
+        reqs += list(extra_reqs[extra])
     tags = pip_platform_tags(arch, str(facts.get("libc") or ""), str(facts.get("libc_version") or ""))
     return InstallPlan(
         arch=arch,
@@ -401,12 +403,6 @@ def _pip_error(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "is ignored" not in ln]
     errors = [ln for ln in lines if ln.startswith("ERROR")]
     return (errors[0] if errors else (lines[-1] if lines else "pip failed")).removeprefix("ERROR: ")
-
-
-def _sha256(path: Path) -> str:
-    from controller.transport import file_sha256
-
-    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,7 +487,7 @@ def _ship(remote: Remote, wheels: Sequence[Path], wheel_dir: str, progress: Prog
     if res.rc != 0:
         raise InstallError(f"{remote.describe}: cannot create {wheel_dir}: {_last_line(res.err)}")
     present = _remote_hashes(remote, wheel_dir)
-    wanted = {w.name: _sha256(w) for w in wheels}
+    wanted = {w.name: sha256_file(w) for w in wheels}
     uploaded = 0
     for w in wheels:
         if present.get(w.name) == wanted[w.name]:
@@ -669,7 +665,7 @@ def install_agent(
     progress(f"fetching wheels for {plan.arch}, Python {plan.python_version}")
     with tempfile.TemporaryDirectory(prefix="nnflash-install-") as tmp:
         wheels = fetch_wheels(plan, Path(tmp), cache_dir=cache_dir, wheelhouse=wheelhouse)
-        agent_sha = _sha256(Path(tmp) / "wheels" / wheel_name())
+        agent_sha = sha256_file(Path(tmp) / "wheels" / wheel_name())
         seconds["fetch"] = time.perf_counter() - t
         t = time.perf_counter()
         progress(f"shipping {len(wheels)} wheels to {wheel_dir}")

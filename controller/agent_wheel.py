@@ -1,130 +1,129 @@
-"""The agent's own wheel, built from this repository's ``agent/`` package without a build backend.
+"""The agent's own wheel, built by pip from ``agent/pyproject.toml``.
 
-``nnflash agent install`` ships the agent to a device as a wheel (PEP 427) named
-``nnflash_agent-<version>-py3-none-any.whl``. It holds only the ``agent`` package (its modules and
-the bundled self-test models), so a device never receives torch, the controller or any other host
-code. The wheel's metadata declares the agent's dependencies (numpy, psutil) and one extra per
-optional piece: ``onnxruntime``, ``tflite`` (ai-edge-litert), ``tflite-legacy`` (tflite-runtime, for
-32-bit ARM), ``i2c`` (smbus2), ``usb`` (pyserial).
+``nnflash agent install`` ships the agent to a device as the wheel of the ``nnflash-agent``
+distribution (``nnflash_agent-<version>-py3-none-any.whl``). It holds only the ``nnflash_agent``
+package (its modules, the bundled self-test models and its own ``pyproject.toml``), so a device
+never receives torch, the controller or any other host code. Its dependencies and extras
+(``onnxruntime``, ``tflite``, ``tflite-legacy``, ``i2c``, ``usb``) are declared once, in that
+``pyproject.toml``; :func:`agent_dependencies` reads them from there.
 
-The build is reproducible: files are sorted, timestamps fixed and permissions normalised, so the
-same sources give the same bytes and the same sha256. The installer uses that hash to decide
-whether a device is up to date.
+The build is reproducible: the sources are copied to a clean directory (no caches, no build
+leftovers) and built with the pinned setuptools of the agent's ``[build-system]`` and a fixed
+``SOURCE_DATE_EPOCH``, so the same sources give the same bytes and the same sha256. The installer
+uses that hash to decide whether a device is up to date.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import zipfile
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from agent import __version__ as AGENT_VERSION
+from nnflash.controller.errors import NnflashError
+from nnflash_agent import __version__ as AGENT_VERSION
+from nnflash_agent.fileio import atomic_write_bytes, sha256_file
 
-__all__ = ["AGENT_DIST", "AGENT_VERSION", "agent_source_dir", "build_agent_wheel", "wheel_name"]
+__all__ = [
+    "AGENT_DIST",
+    "AGENT_VERSION",
+    "AgentWheelError",
+    "agent_dependencies",
+    "agent_source_dir",
+    "build_agent_wheel",
+    "wheel_name",
+]
 
 AGENT_DIST = "nnflash_agent"
-_PROJECT_NAME = "nnflash-agent"
-_FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # zip timestamps (reproducible builds)
+_SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip entry can carry
 _SUFFIXES = (".py", ".onnx", ".tflite")
 
-# Requirements the wheel declares. Kept in step with pyproject.toml's agent extras.
-REQUIRES = ("numpy>=1.22", "psutil>=5.9")
-EXTRAS = {
-    "onnxruntime": ("onnxruntime>=1.17",),
-    "tflite": ("ai-edge-litert>=1.2",),
-    "tflite-legacy": ("tflite-runtime==2.14.0", "numpy<2"),
-    "i2c": ("smbus2>=0.4",),
-    "usb": ("pyserial>=3.5",),
-}
+
+class AgentWheelError(NnflashError, RuntimeError):
+    """The agent's wheel could not be built."""
 
 
 def agent_source_dir() -> Path:
-    """The ``agent`` package directory this controller runs with (the repository's, in a checkout)."""
-    import agent
+    """The ``nnflash_agent`` package directory this controller runs with (``agent/`` in a checkout)."""
+    import nnflash_agent
 
-    return Path(agent.__file__).resolve().parent
+    return Path(nnflash_agent.__file__).resolve().parent
 
 
 def wheel_name(version: str = AGENT_VERSION) -> str:
     return f"{AGENT_DIST}-{version}-py3-none-any.whl"
 
 
-def _package_files(src: Path) -> List[Tuple[str, Path]]:
-    files = []
+def _load_toml(path: Path) -> Dict[str, object]:
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+    return dict(tomllib.loads(path.read_text(encoding="utf-8")))
+
+
+def agent_dependencies(source: Optional[Path] = None) -> Tuple[Tuple[str, ...], Dict[str, Tuple[str, ...]]]:
+    """``(requirements, {extra: requirements})`` as the agent's ``pyproject.toml`` declares them."""
+    src = source if source is not None else agent_source_dir()
+    path = src / "pyproject.toml"
+    if not path.is_file():
+        raise AgentWheelError(f"{src} has no pyproject.toml: cannot tell the agent's dependencies")
+    project = _load_toml(path).get("project")
+    if not isinstance(project, dict):
+        raise AgentWheelError(f"{path}: no [project] table")
+    requires = tuple(str(r) for r in project.get("dependencies", []))
+    extras = {str(k): tuple(str(r) for r in v) for k, v in dict(project.get("optional-dependencies", {})).items()}
+    return requires, extras
+
+
+def _copy_sources(src: Path, dest: Path) -> None:
+    """Copy what the wheel is built from (modules, models, pyproject.toml) and nothing else."""
+    if not (src / "cli.py").is_file() or not (src / "pyproject.toml").is_file():
+        raise AgentWheelError(f"{src} does not look like the agent package (needs cli.py and pyproject.toml)")
+    dest.mkdir(parents=True)
+    shutil.copyfile(src / "pyproject.toml", dest / "pyproject.toml")
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
-        if not path.is_file() or "__pycache__" in rel.parts or path.suffix not in _SUFFIXES:
+        if not path.is_file() or path.suffix not in _SUFFIXES:
             continue
-        files.append(("agent/" + rel.as_posix(), path))
-    if not any(name == "agent/cli.py" for name, _ in files):
-        raise FileNotFoundError(f"{src} does not look like the agent package (no cli.py)")
-    return files
+        if any(part == "__pycache__" or part == "build" or part.endswith(".egg-info") for part in rel.parts):
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        os.chmod(target, 0o644)
 
 
-def _metadata(version: str) -> str:
-    lines = [
-        "Metadata-Version: 2.1",
-        f"Name: {_PROJECT_NAME}",
-        f"Version: {version}",
-        "Summary: nnflash on-device agent: measures latency and energy of exported models",
-        "License: Apache-2.0",
-        "Requires-Python: >=3.9",
-    ]
-    lines += [f"Requires-Dist: {r}" for r in REQUIRES]
-    for extra, reqs in EXTRAS.items():
-        lines.append(f"Provides-Extra: {extra}")
-        lines += [f'Requires-Dist: {r} ; extra == "{extra}"' for r in reqs]
-    return "\n".join(lines) + "\n"
+def _pip_error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR")]
+    return (errors[0] if errors else (lines[-1] if lines else "pip failed")).removeprefix("ERROR: ")
 
 
-def _record_line(name: str, data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
-    return f"{name},sha256={digest},{len(data)}"
+def build_agent_wheel(out_dir: Path, *, source: Optional[Path] = None) -> Tuple[Path, str]:
+    """Build the agent wheel into ``out_dir`` with pip; returns ``(path, sha256 hex)``.
 
-
-def _write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
-    info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
-    info.compress_type = zipfile.ZIP_DEFLATED
-    info.external_attr = 0o644 << 16
-    zf.writestr(info, data)
-
-
-def build_agent_wheel(
-    out_dir: Path, *, source: Optional[Path] = None, version: str = AGENT_VERSION
-) -> Tuple[Path, str]:
-    """Write the agent wheel into ``out_dir``; returns ``(path, sha256 hex)``.
-
-    Overwrites a wheel of the same name only when its bytes differ."""
+    Overwrites a wheel of the same name only when its bytes differ. The build needs the pinned
+    setuptools of ``agent/pyproject.toml`` from the package index or pip's cache."""
     src = source if source is not None else agent_source_dir()
-    dist_info = f"{AGENT_DIST}-{version}.dist-info"
-    entries: List[Tuple[str, bytes]] = [(name, path.read_bytes()) for name, path in _package_files(src)]
-    entries.append((f"{dist_info}/METADATA", _metadata(version).encode()))
-    entries.append(
-        (
-            f"{dist_info}/WHEEL",
-            b"Wheel-Version: 1.0\nGenerator: nnflash\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        )
-    )
-    entries.append((f"{dist_info}/entry_points.txt", b"[console_scripts]\nnnflash-agent = agent.cli:main\n"))
-    entries.append((f"{dist_info}/top_level.txt", b"agent\n"))
-    record = "\n".join(_record_line(n, d) for n, d in entries) + f"\n{dist_info}/RECORD,,\n"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in _iter_entries(entries, f"{dist_info}/RECORD", record.encode()):
-            _write(zf, name, data)
-    blob = buf.getvalue()
+    with tempfile.TemporaryDirectory(prefix="nnflash-agent-build-") as tmp:
+        tree = Path(tmp) / "nnflash_agent"
+        _copy_sources(src, tree)
+        built = Path(tmp) / "dist"
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check"]
+        cmd += ["--no-input", "-w", str(built), str(tree)]
+        env = dict(os.environ, SOURCE_DATE_EPOCH=_SOURCE_DATE_EPOCH, PIP_NO_INPUT="1", PYTHONHASHSEED="0")
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+        wheels: List[Path] = sorted(built.glob("*.whl")) if built.is_dir() else []
+        if res.returncode != 0 or len(wheels) != 1:
+            raise AgentWheelError(f"cannot build the agent wheel from {src}: {_pip_error(res.stderr)}")
+        blob = wheels[0].read_bytes()
+        name = wheels[0].name
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / wheel_name(version)
+    path = out_dir / name
     if not path.exists() or path.read_bytes() != blob:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(path)
-    return path, hashlib.sha256(blob).hexdigest()
-
-
-def _iter_entries(entries: Iterable[Tuple[str, bytes]], record_name: str, record: bytes) -> Iterable[Tuple[str, bytes]]:
-    yield from entries
-    yield record_name, record
+        atomic_write_bytes(path, blob)
+    return path, sha256_file(path)

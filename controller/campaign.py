@@ -36,12 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from controller.errors import RequestTimeout, TransportError
-from controller.inventory import Device
-from controller.store import Store
-from models.spec import AnySpec
-
-RUNTIME_FORMAT = {"onnxruntime": "onnx", "tflite": "tflite"}
+from nnflash.controller.errors import RequestTimeout, TransportError
+from nnflash.controller.inventory import Device
+from nnflash.controller.store import Store
+from nnflash.models.spec import AnySpec
+from nnflash_agent.runners import RUNTIME_FORMATS
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class MeasureSettings:
 
     @property
     def fmt(self) -> str:
-        return RUNTIME_FORMAT[self.runtime]
+        return RUNTIME_FORMATS[self.runtime]
 
     def agent_args(self, sha256: str) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -184,7 +183,7 @@ class Campaign:
             raise ValueError("a campaign needs at least one spec")
         if not devices:
             raise ValueError("a campaign needs at least one device")
-        if settings.runtime not in RUNTIME_FORMAT:
+        if settings.runtime not in RUNTIME_FORMATS:
             raise ValueError(f"unknown runtime {settings.runtime!r}")
         if visit < 0:
             raise ValueError(f"visit must be >= 0, got {visit}")
@@ -302,7 +301,7 @@ class Campaign:
     # ------------------------------------------------------------------ export
 
     def _export_loop(self, needed: list[str]) -> None:
-        from models.export import export_spec
+        from nnflash.models.export import export_spec
 
         export = self.export_fn or export_spec
         try:

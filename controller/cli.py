@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from models.errors import NnflashError
+from nnflash.models.errors import NnflashError
 
 
 class _Group(click.Group):
@@ -43,14 +43,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from controller.commands import agent_cmds, campaign_cmds, device_cmds, models_cmds, run_cmd
+    from nnflash.controller.commands import agent_cmds, campaign_cmds, device_cmds, models_cmds, run_cmd
 
     for module in (models_cmds, device_cmds, agent_cmds, campaign_cmds, run_cmd):
         module.register(cli)
     import importlib
 
     try:  # calibration commands need the calibration package (scipy)
-        calibration_cmds = importlib.import_module("controller.commands.calibration_cmds")
+        calibration_cmds = importlib.import_module("nnflash.controller.commands.calibration_cmds")
     except ImportError:
         return
     calibration_cmds.register(cli)

@@ -4,9 +4,10 @@ Every error nnflash raises on purpose derives from :class:`NnflashError`; the CL
 single clear line and a non-zero exit code (a traceback only with ``--debug``). Subclasses also
 derive from the natural built-in, so ``except ValueError`` in caller code still works.
 
-The root, ``SpecError`` and ``ExportError`` are defined in :mod:`models.errors` (``models`` is the
+The root, ``SpecError`` and ``ExportError`` are defined in :mod:`nnflash.models.errors` (``models`` is the
 bottom of the host's dependency graph) and re-exported here, so there is exactly one
-``NnflashError`` class for the CLI to catch. The agent has its own errors (it carries no host code).
+``NnflashError`` class for the CLI to catch. Cost-model errors are
+:class:`nnflash.calibration.errors.CostModelError`. The agent has its own errors (it carries no host code).
 """
 
 from __future__ import annotations
@@ -24,12 +25,10 @@ __all__ = [
     "HostKeyError",
     "StoreError",
     "ExportError",
-    "MeasurementError",
-    "CostModelError",
 ]
 
 
-from models.errors import ExportError, NnflashError, SpaceError, SpecError
+from nnflash.models.errors import ExportError, NnflashError, SpaceError, SpecError
 
 
 class ConfigError(NnflashError, ValueError):
@@ -60,11 +59,3 @@ class HostKeyError(TransportError):
 
 class StoreError(NnflashError):
     """The results database cannot be opened, migrated or written."""
-
-
-class MeasurementError(NnflashError):
-    """A measurement could not be made or its result is unusable."""
-
-
-class CostModelError(NnflashError, ValueError):
-    """A cost model is misused (unfitted, bad input) or a saved model cannot be loaded."""

@@ -36,20 +36,20 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from controller.errors import InventoryError
+from nnflash.controller.errors import InventoryError
+from nnflash_agent.fileio import atomic_write_text
+from nnflash_agent.runners import RUNTIMES
 
 __all__ = [
     "Device",
     "Inventory",
     "LOCAL_DEVICE_NAME",
     "DEFAULT_AGENT_COMMAND",
-    "RUNTIMES",
     "default_config_dir",
     "default_ssh_config_path",
     "resolve_inventory_path",
@@ -59,7 +59,6 @@ __all__ = [
 
 LOCAL_DEVICE_NAME = "local"
 DEFAULT_AGENT_COMMAND = "nnflash-agent serve"
-RUNTIMES = ("onnxruntime", "tflite")
 KINDS = ("ssh", "local")
 INVENTORY_ENV = "NNFLASH_INVENTORY"
 INVENTORY_FILENAME = "devices.toml"
@@ -202,12 +201,12 @@ def _is_scalar(value: Any) -> bool:
 
 
 def local_device(python: Optional[str] = None) -> Device:
-    """The built-in ``local`` device: this Python running ``-m agent.cli serve`` as a subprocess."""
+    """The built-in ``local`` device: this Python running ``-m nnflash_agent.cli serve`` as a subprocess."""
     exe = python or sys.executable
     return Device(
         name=LOCAL_DEVICE_NAME,
         kind="local",
-        agent_command=f"{shlex.quote(exe)} -m agent.cli serve",
+        agent_command=f"{shlex.quote(exe)} -m nnflash_agent.cli serve",
     )
 
 
@@ -325,27 +324,6 @@ def dump_toml(data: Mapping[str, Any], header: str = "") -> str:
     while lines and lines[-1] == "":
         lines.pop()
     return "\n".join(lines) + "\n"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --------------------------------------------------------------------------------------------------
@@ -482,7 +460,8 @@ class Inventory:
     def save(self) -> Path:
         """Write the inventory atomically; returns the path written."""
         try:
-            _atomic_write_text(self.path, self.to_toml())
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, self.to_toml())
         except OSError as exc:
             raise InventoryError(f"cannot write inventory {self.path}: {exc.strerror or exc}") from None
         return self.path

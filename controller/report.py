@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from controller.store import Store
-from models.metrics import compute_metrics
-from models.spec import parse_spec
+from nnflash.controller.store import Store
+from nnflash.models.metrics import compute_metrics
+from nnflash.models.spec import parse_spec
+from nnflash_agent.fileio import atomic_write_text
 
 
 def collect(store: Store, spec_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -134,7 +135,5 @@ def write_report(
     parts.append("</body></html>")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, "\n".join(parts))
     return out

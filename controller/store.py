@@ -35,7 +35,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from controller.errors import StoreError
+from nnflash.controller.errors import StoreError
 
 __all__ = [
     "Store",

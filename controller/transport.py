@@ -59,8 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
-from controller.errors import ExportError, HostKeyError, RequestTimeout, TransportError
-from controller.inventory import Device, default_config_dir
+from nnflash.controller.errors import ExportError, HostKeyError, RequestTimeout, TransportError
+from nnflash.controller.inventory import Device, default_config_dir
+from nnflash_agent.fileio import sha256_file
 
 __all__ = [
     "Connection",
@@ -82,7 +83,7 @@ INCOMING_DIR = ".incoming"
 
 def _protocol() -> Any:
     """The wire protocol module, imported at call time (``agent/protocol.py``, stdlib only)."""
-    from agent import protocol
+    from nnflash_agent import protocol
 
     return protocol
 
@@ -101,14 +102,6 @@ def fingerprint(key: Any) -> str:
     """OpenSSH-style fingerprint of a paramiko key: ``SHA256:<base64 without padding>``."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
-
-
-def file_sha256(path: os.PathLike[str] | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -285,7 +278,7 @@ class Connection(abc.ABC):
         except OSError as exc:
             raise ExportError(f"artifact {local}: {exc.strerror or exc}") from None
         if check_local:
-            actual = file_sha256(local)
+            actual = sha256_file(local)
             if actual != sha256:
                 raise ExportError(f"artifact {local} has sha256 {actual}, not {sha256} as recorded; re-export it")
         store = self.store_dir.rstrip("/")
@@ -485,9 +478,11 @@ class Connection(abc.ABC):
 # Local subprocess
 
 
-def _repo_root_for_agent() -> Optional[Path]:
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / "agent" / "__init__.py").is_file() else None
+def _agent_path_entry() -> Path:
+    """The ``sys.path`` entry this process imports ``nnflash_agent`` from (``src/`` in a checkout)."""
+    import nnflash_agent
+
+    return Path(nnflash_agent.__file__).parent.parent
 
 
 class LocalConnection(Connection):
@@ -526,10 +521,9 @@ class LocalConnection(Connection):
 
     def _start(self) -> None:
         env = dict(os.environ if self._env is None else self._env)
-        root = _repo_root_for_agent()
-        if root is not None:  # running from a checkout: make `-m agent.cli` importable
-            parts = [str(root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-            env["PYTHONPATH"] = os.pathsep.join(parts)
+        # `-m nnflash_agent.cli` imports the agent this controller runs with (a checkout's, too)
+        parts = [str(_agent_path_entry())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(parts)
         env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             proc = subprocess.Popen(
@@ -604,7 +598,7 @@ class LocalConnection(Connection):
         return st.st_size if stat_mod.S_ISREG(st.st_mode) else None
 
     def _remote_sha256(self, path: str) -> str:
-        return file_sha256(path)
+        return sha256_file(path)
 
     def _remote_mkdirs(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)

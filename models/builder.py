@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec
+from nnflash.models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec
 
 
 class DenseLayer(nn.Module):

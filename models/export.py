@@ -66,7 +66,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from models.errors import ExportError
+from nnflash.models.errors import ExportError
+from nnflash_agent.fileio import atomic_write_text, sha256_file
 
 __all__ = [
     "Artifact",
@@ -180,14 +181,6 @@ def relative_error(actual: np.ndarray, reference: np.ndarray) -> tuple[float, fl
     return max_abs, max_abs / max(scale, 1e-12)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _dist_version(name: str) -> str:
     from importlib import metadata
 
@@ -223,18 +216,6 @@ def _spec_canonical(spec: Any) -> str:
     if callable(to_dict):
         return json.dumps(to_dict(), sort_keys=True, separators=(",", ":"))
     return json.dumps({"spec_id": str(spec.spec_id)})
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 _QUIET_LOCK = threading.Lock()
@@ -544,7 +525,7 @@ def _load_cached(path: Path, sidecar: Path, cache_key: str) -> Optional[Artifact
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         if meta.get("cache_key") != cache_key or not path.is_file():
             return None
-        if path.stat().st_size != meta["size"] or _sha256_file(path) != meta["sha256"]:
+        if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
             return None
         return Artifact(
             spec_id=meta["spec_id"],
@@ -571,7 +552,7 @@ def _load_cached(path: Path, sidecar: Path, cache_key: str) -> Optional[Artifact
 
 
 def _default_build(spec: Any) -> Any:
-    from models.builder import build_module
+    from nnflash.models.builder import build_module
 
     return build_module(spec)
 
@@ -579,7 +560,7 @@ def _default_build(spec: Any) -> Any:
 def _as_spec(spec: Any) -> Any:
     if hasattr(spec, "spec_id") and hasattr(spec, "input_shape"):
         return spec
-    from models.spec import parse_spec
+    from nnflash.models.spec import parse_spec
 
     return parse_spec(spec)
 
@@ -643,7 +624,7 @@ def export_spec(
         format=fmt,
         quantization=quantize,
         path=path,
-        sha256=_sha256_file(path),
+        sha256=sha256_file(path),
         size=path.stat().st_size,
         cached=False,
         max_abs_err=max_abs,
@@ -659,7 +640,7 @@ def export_spec(
     meta = artifact.to_dict()
     meta["family"] = getattr(spec, "family", None)
     meta["created_unix"] = time.time()
-    _atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return artifact
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec
+from nnflash.models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec
 
 BYTES_PER_ELEMENT = 4
 

@@ -28,9 +28,9 @@ from typing import Callable
 
 import numpy as np
 
-from models.errors import SpaceError
-from models.metrics import dense_params_macs, nn_degree, nn_mass, skip_sum
-from models.spec import Cell, DenseSpec
+from nnflash.models.errors import SpaceError
+from nnflash.models.metrics import dense_params_macs, nn_degree, nn_mass, skip_sum
+from nnflash.models.spec import Cell, DenseSpec
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar, Union
 
 import numpy as np
 
-from models.errors import SpecError
+from nnflash.models.errors import SpecError
 
 # --------------------------------------------------------------------------------------------
 # validation helpers: every message names the field and the problem, on one line

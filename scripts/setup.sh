@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Set up the development environment in .venv (idempotent; fast when nothing changed).
 #   - torch is pinned to 2.13.0 (CPU build); an unpinned torch pulls a multi-GB CUDA build.
-#   - installs nnflash in editable mode with the host, tflite and dev extras.
+#   - installs nnflash-agent and nnflash in editable mode (nnflash with the host, tflite and dev extras).
 #   - as root, installs the system packages the integration tests need (OpenSSH server, iproute2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-stamp_key=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+stamp_key=$(cat pyproject.toml agent/pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 stamp="$VENV/.nnflash-setup-$stamp_key"
 
 if [ -x scripts/install_system_deps.sh ] && [ "$(id -u)" = 0 ]; then
@@ -24,7 +24,9 @@ fi
 echo "setup: installing nnflash and its dependencies into $VENV" >&2
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-"$VENV/bin/python" -m pip install --quiet -e ".[host,tflite,dev]" "torch==2.13.0"
+# Two distributions: the agent (agent/pyproject.toml, imported as nnflash_agent) and the host
+# (pyproject.toml, imported as nnflash.*; src/nnflash/ links to the top-level folders).
+"$VENV/bin/python" -m pip install --quiet -e ./agent -e ".[host,tflite,dev]" "torch==2.13.0"
 rm -f "$VENV"/.nnflash-setup-*
 touch "$stamp"
 echo "setup: done" >&2

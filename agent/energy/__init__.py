@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from agent.energy.base import Meter, MeterError, PowerTrace
+from nnflash_agent.energy.base import Meter, MeterError, PowerTrace
 
 __all__ = ["METERS", "Meter", "MeterError", "PowerTrace", "make_meter"]
 
@@ -22,23 +22,23 @@ METERS = ("none", "estimate", "rapl", "ina219", "ina260", "um25c")
 
 def _meter_class(name: str) -> Any:
     if name == "estimate":
-        from agent.energy.estimate import EstimateMeter
+        from nnflash_agent.energy.estimate import EstimateMeter
 
         return EstimateMeter
     if name == "rapl":
-        from agent.energy.rapl import RaplMeter
+        from nnflash_agent.energy.rapl import RaplMeter
 
         return RaplMeter
     if name == "ina219":
-        from agent.energy.ina import Ina219Meter
+        from nnflash_agent.energy.ina import Ina219Meter
 
         return Ina219Meter
     if name == "ina260":
-        from agent.energy.ina import Ina260Meter
+        from nnflash_agent.energy.ina import Ina260Meter
 
         return Ina260Meter
     if name == "um25c":
-        from agent.energy.um25c import Um25cMeter
+        from nnflash_agent.energy.um25c import Um25cMeter
 
         return Um25cMeter
     raise MeterError(f"unknown energy meter {name!r} (known: {', '.join(METERS)})")

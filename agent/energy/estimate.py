@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional
 
-from agent.energy.base import MeterError, PowerTrace, SamplingMeter
+from nnflash_agent.energy.base import MeterError, PowerTrace, SamplingMeter
 
 __all__ = ["EstimateMeter", "busy_cores"]
 

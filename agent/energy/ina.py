@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional
 
-from agent.energy.base import MeterError, SamplingMeter
+from nnflash_agent.energy.base import MeterError, SamplingMeter
 
 __all__ = [
     "swap16",

@@ -14,7 +14,7 @@ import re
 import time
 from typing import Any, Dict, List, Optional
 
-from agent.energy.base import MeterError, PowerTrace, SamplingMeter
+from nnflash_agent.energy.base import MeterError, PowerTrace, SamplingMeter
 
 __all__ = ["RaplMeter", "unwrap"]
 

@@ -17,7 +17,7 @@ import struct
 import time
 from typing import Any, Dict, Optional
 
-from agent.energy.base import MeterError, PowerTrace, SamplingMeter
+from nnflash_agent.energy.base import MeterError, PowerTrace, SamplingMeter
 
 __all__ = ["FRAME_LEN", "POLL_CMD", "parse_frame", "build_frame", "Um25cMeter", "RawTty"]
 

@@ -2,7 +2,7 @@
 
 A runner loads a model file, makes seeded random inputs matching the model's input shapes and
 dtypes, and runs one inference per :meth:`Runner.run` call. Nothing else: timing lives in
-``agent.measure``.
+``nnflash_agent.measure``.
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ class Runner:
 
 def make_runner(runtime: str) -> Runner:
     if runtime == "onnxruntime":
-        from agent.runners.onnxruntime_runner import OnnxRuntimeRunner
+        from nnflash_agent.runners.onnxruntime_runner import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner()
     if runtime == "tflite":
-        from agent.runners.tflite_runner import TfliteRunner
+        from nnflash_agent.runners.tflite_runner import TfliteRunner
 
         return TfliteRunner()
     raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")

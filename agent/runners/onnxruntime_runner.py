@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from agent.runners import Runner, RuntimeUnavailable, concrete_shape, random_array
+from nnflash_agent.runners import Runner, RuntimeUnavailable, concrete_shape, random_array
 
 _ORT_TYPES = {
     "tensor(float)": "float32",

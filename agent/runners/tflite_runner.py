@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from agent.runners import Runner, RuntimeUnavailable, concrete_shape, random_array
+from nnflash_agent.runners import Runner, RuntimeUnavailable, concrete_shape, random_array
 
 
 def import_interpreter() -> Tuple[Any, str, str]:
@@ -16,7 +16,7 @@ def import_interpreter() -> Tuple[Any, str, str]:
     try:
         from ai_edge_litert.interpreter import Interpreter
 
-        from agent.telemetry import runtime_versions
+        from nnflash_agent.telemetry import runtime_versions
 
         return Interpreter, "ai_edge_litert", runtime_versions().get("ai_edge_litert") or "?"
     except ImportError:

@@ -10,18 +10,18 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from controller.agent_install import (
+from nnflash.controller.agent_install import (
     DEFAULT_PREFIX,
     METER_EXTRAS,
-    RUNTIME_CHOICES,
     InstallError,
     Remote,
     install_agent,
     uninstall_agent,
 )
-from controller.commands.common import connection_options, emit_json, inventory_option, load_inventory
-from controller.inventory import DEFAULT_AGENT_COMMAND, Device
-from controller.transport import SSHConnection
+from nnflash.controller.commands.common import connection_options, emit_json, inventory_option, load_inventory
+from nnflash.controller.inventory import DEFAULT_AGENT_COMMAND, Device
+from nnflash.controller.transport import SSHConnection
+from nnflash_agent.runners import RUNTIMES
 
 # Facts the installer writes into the inventory (and uninstall removes).
 _FACT_KEYS = ("machine", "os", "python", "glibc", "board", "agent_version", "agent_prefix", "runtimes", "installed_at")
@@ -43,10 +43,10 @@ def _remote_for(device: Device, accept_new_host_key: bool) -> Remote:
 
 def _parse_runtimes(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    bad = [n for n in names if n not in RUNTIME_CHOICES]
+    bad = [n for n in names if n not in RUNTIMES]
     if not names or bad:
         raise click.BadParameter(
-            f"expected a comma-separated list of {', '.join(RUNTIME_CHOICES)}"
+            f"expected a comma-separated list of {', '.join(RUNTIMES)}"
             + (f", not {', '.join(map(repr, bad))}" if bad else ""),
             param_hint="'--runtime'",
         )

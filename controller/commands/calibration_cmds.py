@@ -9,8 +9,10 @@ from typing import Any, Optional
 
 import click
 
-from calibration.errors import CostModelError
-from controller.commands.common import counting_options
+from nnflash.calibration.errors import CostModelError
+from nnflash.controller.commands.common import counting_options
+from nnflash.controller.store import DEFAULT_DB_NAME
+from nnflash_agent.runners import RUNTIMES
 
 
 def _emit(obj: Any) -> None:
@@ -43,8 +45,8 @@ def predict_cmd(
     as_json: bool,
 ) -> None:
     """Predict the latency (and energy, where the model has it) of every spec in SPECS.jsonl."""
-    from calibration.registry import check_compatible, load_model
-    from models.spec import load_specs_jsonl
+    from nnflash.calibration.registry import check_compatible, load_model
+    from nnflash.models.spec import load_specs_jsonl
 
     model = load_model(cost_path)
     for w in check_compatible(model, device=device, runtime=runtime, threads=threads):
@@ -103,7 +105,7 @@ def _profile(
     is skipped."""
     from rich.console import Console
 
-    from controller.commands.campaign_cmds import _settings, run_campaign
+    from nnflash.controller.commands.campaign_cmds import _settings, run_campaign
 
     settings = _settings(runtime, threads, repeat, min_repeat_ms, 300.0, energy)
     for visit in range(passes):
@@ -131,7 +133,7 @@ def _profile(
 def _stored_rows(
     db_path: str, device: str, runtime: str, threads: Optional[int], spec_ids: Optional[set[str]] = None
 ) -> list[dict[str, Any]]:
-    from controller.store import Store
+    from nnflash.controller.store import Store
 
     store = Store(db_path, readonly=True)
     try:
@@ -148,8 +150,8 @@ def _stored_rows(
 
 
 def _stored_specs(db_path: str, spec_ids: set[str]) -> dict[str, Any]:
-    from controller.store import Store
-    from models.spec import parse_spec
+    from nnflash.controller.store import Store
+    from nnflash.models.spec import parse_spec
 
     store = Store(db_path, readonly=True)
     out = {}
@@ -164,7 +166,7 @@ def _stored_specs(db_path: str, spec_ids: set[str]) -> dict[str, Any]:
 
 
 def _device_facts(db_path: str, device: str) -> Optional[dict[str, Any]]:
-    from controller.store import Store
+    from nnflash.controller.store import Store
 
     if not Path(db_path).exists():
         return None
@@ -178,14 +180,16 @@ def _device_facts(db_path: str, device: str) -> Optional[dict[str, Any]]:
 
 @click.command("calibrate")
 @click.option("--device", required=True, help="Device name (from the inventory; `local` is built in).")
-@click.option("--runtime", default="onnxruntime", show_default=True, help="Runtime on the device.")
+@click.option(
+    "--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True, help="Runtime on the device."
+)
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's).")
 @click.option("--budget", type=int, default=25, show_default=True, help="Models to profile.")
 @click.option(
     "--db",
     "db_path",
     type=click.Path(dir_okay=False),
-    default="nnflash.db",
+    default=DEFAULT_DB_NAME,
     show_default=True,
     help="Results database (SQLite).",
 )
@@ -258,9 +262,9 @@ def calibrate_cmd(
     disturbance that slows one pass does not enter the fit. --from-db refits from stored
     measurements (every stored visit).
     """
-    from calibration.crossval import format_metrics, plot_predicted_vs_measured
-    from calibration.registry import COST_MODELS
-    from calibration.workflow import calibrate, fit_measurements, usable_rows
+    from nnflash.calibration.crossval import format_metrics, plot_predicted_vs_measured
+    from nnflash.calibration.registry import COST_MODELS
+    from nnflash.calibration.workflow import calibrate, fit_measurements, usable_rows
 
     if model_kind not in COST_MODELS or COST_MODELS[model_kind].target != "latency_ms":
         raise CostModelError(f"--model: must be a latency model (roofline, linear, macs), got {model_kind!r}")
@@ -293,7 +297,7 @@ def calibrate_cmd(
     else:
         if pool < budget:
             raise CostModelError(f"--pool: must be at least --budget ({budget}), got {pool}")
-        from models.space import get_space
+        from nnflash.models.space import get_space
 
         candidates = get_space(space_name).sample(pool, seed=seed)
 
@@ -331,7 +335,7 @@ def calibrate_cmd(
         result.latency_ms, result.cv_predicted, plot, title=f"{model_kind} on {device} (cross-validated)"
     )
     try:
-        from controller.store import Store
+        from nnflash.controller.store import Store
 
         store = Store(db_path)
         try:

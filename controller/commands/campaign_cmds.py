@@ -13,9 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from controller.campaign import Campaign, CampaignResult, MeasureSettings
-from controller.commands.common import (
-    RUNTIMES,
+from nnflash.controller.campaign import Campaign, CampaignResult, MeasureSettings
+from nnflash.controller.commands.common import (
     artifacts_dir_for,
     connection_options,
     counting_options,
@@ -25,10 +24,11 @@ from controller.commands.common import (
     inventory_option,
     load_inventory,
 )
-from controller.errors import ConfigError
-from controller.store import Store, rows_to_csv_text
-from controller.transport import make_connection
-from models.spec import AnySpec, load_specs_jsonl
+from nnflash.controller.errors import ConfigError
+from nnflash.controller.store import Store, rows_to_csv_text
+from nnflash.controller.transport import make_connection
+from nnflash.models.spec import AnySpec, load_specs_jsonl
+from nnflash_agent.runners import RUNTIMES
 
 
 def _progress(console: Console) -> Progress:
@@ -53,7 +53,7 @@ def _progress(console: Console) -> Progress:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per artifact.")
 def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json: bool) -> None:
     """Export specs to ONNX and/or TFLite, verified against torch, content-addressed and cached."""
-    from models.export import FORMATS, export_spec
+    from nnflash.models.export import FORMATS, export_spec
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     for f in fmts:

@@ -9,11 +9,9 @@ from typing import Any, Callable, Optional
 
 import click
 
-from controller.errors import ConfigError
-from controller.inventory import Device, Inventory, default_ssh_config_path, resolve_inventory_path
-
-DEFAULT_DB = "nnflash.db"
-RUNTIMES = ("onnxruntime", "tflite")
+from nnflash.controller.errors import ConfigError
+from nnflash.controller.inventory import Device, Inventory, default_ssh_config_path, resolve_inventory_path
+from nnflash.controller.store import DEFAULT_DB_NAME
 
 
 def inventory_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -31,7 +29,7 @@ def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "--db",
         "db_path",
         type=click.Path(dir_okay=False),
-        default=DEFAULT_DB,
+        default=DEFAULT_DB_NAME,
         show_default=True,
         help="Results database (SQLite).",
     )(f)

@@ -8,10 +8,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from controller.commands.common import connection_options, emit_json, inventory_option, load_inventory
-from controller.errors import InventoryError
-from controller.inventory import Device
-from controller.transport import SSHConnection, make_connection
+from nnflash.controller.commands.common import connection_options, emit_json, inventory_option, load_inventory
+from nnflash.controller.errors import InventoryError
+from nnflash.controller.inventory import Device
+from nnflash.controller.transport import SSHConnection, make_connection
+from nnflash_agent.runners import RUNTIMES
 
 
 def pin_host_key(device: Device, **options: Any) -> Optional[tuple[str, str, str]]:
@@ -45,7 +46,7 @@ def devices_group() -> None:
     default=None,
     help="Command that starts the agent on the device (default: 'nnflash-agent serve').",
 )
-@click.option("--runtime", type=click.Choice(["onnxruntime", "tflite"]), default=None, help="Default runtime.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None, help="Default runtime.")
 @click.option("--threads", type=int, default=None, help="Default thread count.")
 @click.option(
     "--energy", default=None, help="Energy meter on the device (none, estimate, ina219, ina260, um25c, rapl)."

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -12,9 +10,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from models.errors import SpaceError, SpecError
-from models.metrics import compute_metrics
-from models.spec import PRESETS, AnySpec, load_spec_file, preset
+from nnflash.models.errors import SpaceError, SpecError
+from nnflash.models.metrics import compute_metrics
+from nnflash.models.spec import PRESETS, AnySpec, load_spec_file, preset
+from nnflash_agent.fileio import atomic_path
 
 
 def emit_json(obj: Any) -> None:
@@ -26,17 +25,11 @@ def write_jsonl_atomic(path: str, lines: Iterable[str]) -> int:
     p = Path(path)
     if p.parent and not p.parent.exists():
         raise SpecError(f"--out: directory {p.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=p.parent or ".", prefix=f".{p.name}.", suffix=".tmp")
     n = 0
-    try:
-        with os.fdopen(fd, "w") as f:
-            for line in lines:
-                f.write(line + "\n")
-                n += 1
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(p) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+            n += 1
     return n
 
 
@@ -85,7 +78,7 @@ def metrics_cmd(
     spec = _load(spec_file, preset_name, width_mult)
     m = compute_metrics(spec)
     if show_layers:
-        from models.metrics import layer_table
+        from nnflash.models.metrics import layer_table
 
         m["layer_table"] = [layer.to_dict() for layer in layer_table(spec)]
     if as_json:
@@ -139,7 +132,7 @@ def space_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def space_count(space_name: str, as_json: bool) -> None:
     """Count the distinct configurations of a space exactly."""
-    from models.space import get_space
+    from nnflash.models.space import get_space
 
     space = get_space(space_name)
     n = space.count()
@@ -174,7 +167,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON-lines file.")
 def space_sample(space_name: str, n: int, seed: int, out: str) -> None:
     """Draw N configurations uniformly from a space; one spec per line."""
-    from models.space import get_space
+    from nnflash.models.space import get_space
 
     specs = get_space(space_name).sample(n, seed=seed)
     k = write_jsonl_atomic(out, (s.to_json_line() for s in specs))
@@ -210,7 +203,7 @@ def generate_cmd(
     Example:
       nnflash generate --target-mass 400 --n 20 --max-params 2000000 --out cands.jsonl
     """
-    from models.space import generate, get_space
+    from nnflash.models.space import generate, get_space
 
     if (target_mass is None) == (target_degree is None):
         raise SpaceError("give exactly one of --target-mass or --target-degree")
@@ -248,8 +241,8 @@ def ldi_cmd(
     """Layerwise dynamical isometry at initialization: mean and std of the singular values of
     the layer Jacobians (closer to 1 means better gradient flow)."""
     spec = _load(spec_file, preset_name, width_mult)
-    from models.builder import build_module
-    from models.ldi import ldi
+    from nnflash.models.builder import build_module
+    from nnflash.models.ldi import ldi
 
     res = ldi(build_module(spec), spec.input_shape, batch=batch, seed=seed)
     out = {

@@ -11,12 +11,13 @@ from typing import Optional
 import click
 from rich.console import Console
 
-from controller.campaign import MeasureSettings
-from controller.commands.campaign_cmds import print_summary, run_campaign
-from controller.commands.common import RUNTIMES, db_option, inventory_option
-from controller.errors import ConfigError
-from controller.store import Store
-from models.spec import AnySpec
+from nnflash.controller.campaign import MeasureSettings
+from nnflash.controller.commands.campaign_cmds import print_summary, run_campaign
+from nnflash.controller.commands.common import db_option, inventory_option
+from nnflash.controller.errors import ConfigError
+from nnflash.controller.store import Store
+from nnflash.models.spec import AnySpec
+from nnflash_agent.runners import RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,9 @@ def run_cmd(
 
     Rerunning with the same options resumes: models already measured are not measured again.
     """
-    from controller.commands.models_cmds import write_jsonl_atomic
-    from controller.report import write_report
-    from models.space import generate, get_space
+    from nnflash.controller.commands.models_cmds import write_jsonl_atomic
+    from nnflash.controller.report import write_report
+    from nnflash.models.space import generate, get_space
 
     if threads < 1:
         raise ConfigError(f"--threads: must be a positive integer, got {threads}")

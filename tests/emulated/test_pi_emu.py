@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 from emuhost import REPO_ROOT, EmuHost, emu_host_fixture  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
-from models.spec import parse_spec  # noqa: E402
+from nnflash.models.spec import parse_spec  # noqa: E402
 
 pytestmark = [pytest.mark.emulated, pytest.mark.slow]
 __all__ = ["emu_host_fixture"]
@@ -34,7 +34,7 @@ SPECS = [
 
 def nnflash(env: dict, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "controller.cli", *args],
+        [sys.executable, "-m", "nnflash.controller.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

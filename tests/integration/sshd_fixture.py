@@ -10,7 +10,7 @@ deliberately no conftest.py. When ``/usr/sbin/sshd`` is missing the fixtures ski
 names ``scripts/install_system_deps.sh``.
 
 ``FAKE_AGENT`` is a tiny stand-in for ``nnflash-agent serve`` speaking protocol v1 (it imports only
-``agent.protocol``): ``hello``, ``info``, ``list``, ``results`` (from a journal file in the store,
+``nnflash_agent.protocol``): ``hello``, ``info``, ``list``, ``results`` (from a journal file in the store,
 so a new agent process still knows old answers), ``cleanup``, ``bye``, and a ``measure`` that
 checks the artifact's sha256 and sleeps ``args["sleep_s"]`` (default 0) before answering: enough
 for the transport's fault tests without a runtime.
@@ -279,7 +279,7 @@ def netns_skip_reason() -> Optional[str]:
 FAKE_AGENT = r"""
 import hashlib, json, os, sys, time
 sys.path.insert(0, os.environ.get("NNFLASH_REPO", "."))
-from agent import protocol as P
+from nnflash_agent import protocol as P
 
 store = "/tmp/nnflash-fake-store"
 if "--store" in sys.argv:
@@ -373,7 +373,7 @@ def real_agent_available() -> bool:
 
 
 def real_agent_command(store: Path) -> str:
-    return f"cd {REPO_ROOT} && {sys.executable} -m agent.cli serve --store {store}"
+    return f"cd {REPO_ROOT} && {sys.executable} -m nnflash_agent.cli serve --store {store}"
 
 
 # ------------------------------------------------------------------------------------------------

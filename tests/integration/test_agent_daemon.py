@@ -24,13 +24,18 @@ def _env(tmp_path: Path) -> dict:
 
 def _agent(*args: str, env: dict, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], input=stdin, capture_output=True, env=env, cwd=ROOT, timeout=timeout
+        [sys.executable, "-m", "nnflash_agent.cli", *args],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
     )
 
 
 def _start_daemon(sock: Path, env: dict) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "serve", "--socket", str(sock)],
+        [sys.executable, "-m", "nnflash_agent.cli", "serve", "--socket", str(sock)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import protocol as P
+from nnflash_agent import protocol as P
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ class AgentProc:
             [
                 sys.executable,
                 "-m",
-                "agent.cli",
+                "nnflash_agent.cli",
                 "serve",
                 "--store",
                 str(self.store),

@@ -8,10 +8,10 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from calibration import LinearLatencyModel, RooflineLatencyModel, load_model  # noqa: E402
-from calibration.timing import measure_specs  # noqa: E402
-from models.space import get_space  # noqa: E402
-from models.spec import Cell, DenseSpec  # noqa: E402
+from nnflash.calibration import LinearLatencyModel, RooflineLatencyModel, load_model  # noqa: E402
+from nnflash.calibration.timing import measure_specs  # noqa: E402
+from nnflash.models.space import get_space  # noqa: E402
+from nnflash.models.spec import Cell, DenseSpec  # noqa: E402
 
 
 def _small_specs() -> list[DenseSpec]:

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from calibration import load_model  # noqa: E402
-from controller.cli import cli  # noqa: E402
+from nnflash.calibration import load_model  # noqa: E402
+from nnflash.controller.cli import cli  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

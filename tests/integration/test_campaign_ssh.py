@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from sshd_fixture import REPO_ROOT, real_agent_command, sshd  # noqa: F401  (pytest fixture)
 
-from controller.campaign import Campaign, MeasureSettings
-from controller.inventory import Device
-from controller.store import Store
-from controller.transport import make_connection
-from models.spec import parse_spec
+from nnflash.controller.campaign import Campaign, MeasureSettings
+from nnflash.controller.inventory import Device
+from nnflash.controller.store import Store
+from nnflash.controller.transport import make_connection
+from nnflash.models.spec import parse_spec
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def agent_pids(store: Path) -> list[int]:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"serve" in cmd and str(store).encode() in cmd and any(b"agent.cli" in c for c in cmd):
+        if b"serve" in cmd and str(store).encode() in cmd and any(b"nnflash_agent.cli" in c for c in cmd):
             pids.append(int(entry))
     return pids
 
@@ -239,7 +239,7 @@ def test_hung_agent_becomes_a_failed_measurement(sshd, tmp_path):  # noqa: F811
 
 def nnflash(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "controller.cli", *args],
+        [sys.executable, "-m", "nnflash.controller.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

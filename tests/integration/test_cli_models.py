@@ -15,7 +15,7 @@ REFERENCE = ROOT / "examples" / "dense_reference.json"
 
 def nnflash(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     p = subprocess.run(
-        [sys.executable, "-m", "controller.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, "-m", "nnflash.controller.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     if check:
         assert p.returncode == 0, p.stderr

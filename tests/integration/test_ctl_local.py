@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import TransportError
-from controller.inventory import Device, local_device
-from controller.store import Store
-from controller.transport import LocalConnection
+from nnflash.controller.errors import TransportError
+from nnflash.controller.inventory import Device, local_device
+from nnflash.controller.store import Store
+from nnflash.controller.transport import LocalConnection
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = REPO_ROOT / "agent" / "data" / "selftest.onnx"

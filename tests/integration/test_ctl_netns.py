@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sshd_fixture import SSHServer, fake_agent_command, netns_sshd  # noqa: E402
 
-from controller.errors import RequestTimeout, TransportError  # noqa: E402
-from controller.inventory import Device  # noqa: E402
-from controller.transport import SSHConnection  # noqa: E402
+from nnflash.controller.errors import RequestTimeout, TransportError  # noqa: E402
+from nnflash.controller.inventory import Device  # noqa: E402
+from nnflash.controller.transport import SSHConnection  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 __all__ = ["netns_sshd"]

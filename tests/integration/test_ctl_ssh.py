@@ -28,9 +28,9 @@ from sshd_fixture import (  # noqa: E402
     sshd,
 )
 
-from controller.errors import HostKeyError, TransportError  # noqa: E402
-from controller.inventory import Device  # noqa: E402
-from controller.transport import SSHConnection  # noqa: E402
+from nnflash.controller.errors import HostKeyError, TransportError  # noqa: E402
+from nnflash.controller.inventory import Device  # noqa: E402
+from nnflash.controller.transport import SSHConnection  # noqa: E402
 
 pytestmark = pytest.mark.integration
 __all__ = ["sshd"]  # the fixture, imported above
@@ -340,7 +340,7 @@ def test_eight_agents_behind_one_server(sshd: SSHServer, tmp_path: Path) -> None
 
 
 def test_probe(sshd: SSHServer, tmp_path: Path) -> None:
-    from controller.transport import probe
+    from nnflash.controller.transport import probe
 
     dev = _device(sshd, fake_agent_command(tmp_path, tmp_path / "store"))
     info = probe(

@@ -13,9 +13,9 @@ from torch import nn
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
-from models import export as ex  # noqa: E402
-from models.errors import ExportError  # noqa: E402
-from models.export import export_many, export_spec, read_manifest  # noqa: E402
+from nnflash.models import export as ex  # noqa: E402
+from nnflash.models.errors import ExportError  # noqa: E402
+from nnflash.models.export import export_many, export_spec, read_manifest  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -57,8 +57,8 @@ def test_float32_module_roundtrip_and_signature(tmp_path: Path) -> None:
 
 
 def test_dense_specs_both_conv_variants_onnx_and_tflite(tmp_path: Path) -> None:
-    pytest.importorskip("models.builder")
-    from models.spec import parse_spec
+    pytest.importorskip("nnflash.models.builder")
+    from nnflash.models.spec import parse_spec
 
     cells = [{"depth": 3, "width": 8, "tc": 5}, {"depth": 3, "width": 16, "tc": 12}]
     specs = [
@@ -78,8 +78,8 @@ def test_dense_specs_both_conv_variants_onnx_and_tflite(tmp_path: Path) -> None:
 
 def test_int8_ptq_dense_spec(tmp_path: Path) -> None:
     pytest.importorskip("ai_edge_quantizer")
-    pytest.importorskip("models.builder")
-    from models.spec import parse_spec
+    pytest.importorskip("nnflash.models.builder")
+    from nnflash.models.spec import parse_spec
 
     spec = parse_spec(
         {

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 sys.path.insert(0, str(REPO_ROOT))
 from test_campaign_ssh import nnflash  # noqa: E402
 
-from controller.inventory import Inventory  # noqa: E402
+from nnflash.controller.inventory import Inventory  # noqa: E402
 
 
 def _env(tmp_path: Path) -> dict:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import __version__
-from agent.cli import main
+from nnflash_agent import __version__
+from nnflash_agent.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,9 @@ def test_info_text(capsys):
 
 
 def test_module_entry_point_runs_as_subprocess():
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "frobnicate"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "nnflash_agent.cli", "frobnicate"], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1
 
@@ -74,7 +76,7 @@ def test_corrupt_model_file_measure_fails_cleanly(tmp_path):
     model = tmp_path / "broken.onnx"
     model.write_bytes(b"\x08\x07garbage-not-a-model" * 10)
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "measure", str(model), "--runtime", "onnxruntime"],
+        [sys.executable, "-m", "nnflash_agent.cli", "measure", str(model), "--runtime", "onnxruntime"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""agent.serve / store / journal / measure options, in process (fast). The real subprocess is in
+"""nnflash_agent.serve / store / journal / measure options, in process (fast). The real subprocess is in
 tests/integration/test_agent_serve.py."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import os
 
 import pytest
 
-from agent import protocol as P
-from agent.journal import Journal
-from agent.measure import OPTION_DEFAULTS, parse_options
-from agent.serve import Agent, serve
-from agent.store import Store, check_artifact_ref, default_journal_path, default_store_dir
+from nnflash_agent import protocol as P
+from nnflash_agent.journal import Journal
+from nnflash_agent.measure import OPTION_DEFAULTS, parse_options
+from nnflash_agent.serve import Agent, serve
+from nnflash_agent.store import Store, check_artifact_ref, default_journal_path, default_store_dir
 
 SHA_A = "a" * 64
 

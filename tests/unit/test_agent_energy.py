@@ -1,4 +1,4 @@
-"""agent.energy: trace integration and every meter, hardware-free.
+"""nnflash_agent.energy: trace integration and every meter, hardware-free.
 
 Test doubles stand in for hardware registers (a fake SMBus whose register values follow the TI
 datasheet equations), for the USB meter (a pseudo-terminal peer writing real UM25C frames) and for
@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from agent.energy import METERS, MeterError, make_meter
-from agent.energy.base import PowerTrace
-from agent.energy.estimate import EstimateMeter, busy_cores
-from agent.energy.ina import (
+from nnflash_agent.energy import METERS, MeterError, make_meter
+from nnflash_agent.energy.base import PowerTrace
+from nnflash_agent.energy.estimate import EstimateMeter, busy_cores
+from nnflash_agent.energy.ina import (
     INA219,
     INA260,
     Ina219Meter,
@@ -29,8 +29,8 @@ from agent.energy.ina import (
     swap16,
     to_signed16,
 )
-from agent.energy.rapl import RaplMeter, unwrap
-from agent.energy.um25c import FRAME_LEN, Um25cMeter, build_frame, parse_frame
+from nnflash_agent.energy.rapl import RaplMeter, unwrap
+from nnflash_agent.energy.um25c import FRAME_LEN, Um25cMeter, build_frame, parse_frame
 
 # -- trace ------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The agent stays light: stdlib + numpy + psutil + the runtime it uses, imported lazily.
 
-Never torch, never the host packages (controller, models, calibration), and Python 3.9 syntax.
+Never torch, never the host packages (nnflash.*, or the old top-level names), and Python 3.9 syntax.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "agent"
-AGENT_FILES = sorted(AGENT.rglob("*.py"))
+AGENT_FILES = sorted(p for p in AGENT.rglob("*.py") if not {"build", "dist"} & set(p.relative_to(AGENT).parts))
 
 THIRD_PARTY_ALLOWED = {"numpy", "psutil", "onnxruntime", "ai_edge_litert", "tflite_runtime"}
 # Hardware drivers: only inside the meter that needs them.
@@ -23,7 +23,7 @@ DRIVER_MODULES = {"smbus2": "agent/energy/ina.py", "serial": "agent/energy/um25c
 STDLIB = getattr(sys, "stdlib_module_names", None)  # Python 3.10+
 needs_stdlib_list = pytest.mark.skipif(STDLIB is None, reason="needs sys.stdlib_module_names")
 
-FORBIDDEN = {"torch", "controller", "models", "calibration", "onnx", "scipy", "tensorflow"}
+FORBIDDEN = {"torch", "nnflash", "controller", "models", "calibration", "onnx", "scipy", "tensorflow"}
 
 
 def _imports(path: Path):
@@ -52,7 +52,7 @@ def test_imports_are_allowed(path):
     top_level = _module_level_nodes(path)
     for name, node in _imports(path):
         assert name not in FORBIDDEN, f"{rel} imports {name}"
-        if name == "agent" or name == "__future__" or name in STDLIB:
+        if name == "nnflash_agent" or name == "__future__" or name in STDLIB:
             continue
         if name in DRIVER_MODULES:
             assert rel == DRIVER_MODULES[name], f"{rel} imports driver {name}"
@@ -83,9 +83,9 @@ def _loaded_after(code: str) -> set:
 
 @needs_stdlib_list
 def test_protocol_is_stdlib_only():
-    mods = _loaded_after("import agent.protocol") - _loaded_after("pass")
+    mods = _loaded_after("import nnflash_agent.protocol") - _loaded_after("pass")
     roots = {m.split(".")[0] for m in mods}
-    non_std = {r for r in roots if r not in STDLIB and r != "agent"}
+    non_std = {r for r in roots if r not in STDLIB and r != "nnflash_agent"}
     assert non_std == set(), non_std
 
 
@@ -98,7 +98,7 @@ def test_importing_every_agent_module_loads_no_heavy_package():
             continue  # running it is the CLI
         if parts[-1] == "__init__":
             parts = parts[:-1]
-        names.append(".".join(parts))
+        names.append(".".join(["nnflash_agent", *parts[1:]]))
     code = "\n".join(f"import {n}" for n in names)
     mods = _loaded_after(code)
     roots = {m.split(".")[0] for m in mods}
@@ -111,7 +111,7 @@ def test_importing_every_agent_module_loads_no_heavy_package():
 def test_serving_process_handles_hello_without_numpy_or_runtime():
     code = (
         "import tempfile, os\n"
-        "from agent.serve import Agent\n"
+        "from nnflash_agent.serve import Agent\n"
         "d = tempfile.mkdtemp()\n"
         "a = Agent(os.path.join(d, 's'), os.path.join(d, 'j'))\n"
         'r, _ = a.handle_line(b\'{"v":1,"id":"a","verb":"hello"}\')\n'

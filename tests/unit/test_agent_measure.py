@@ -1,4 +1,4 @@
-"""agent.measure: the counting rule, checked with a counting stand-in runner (no runtime needed)."""
+"""nnflash_agent.measure: the counting rule, checked with a counting stand-in runner (no runtime needed)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-import agent.runners
-from agent.measure import MeasurementFailed, _grow_number, parse_options, run_measurement
-from agent.protocol import RUNTIME_ERROR, RUNTIME_UNAVAILABLE
-from agent.telemetry import Telemetry
+import nnflash_agent.runners
+from nnflash_agent.measure import MeasurementFailed, _grow_number, parse_options, run_measurement
+from nnflash_agent.protocol import RUNTIME_ERROR, RUNTIME_UNAVAILABLE
+from nnflash_agent.telemetry import Telemetry
 
 
-class CountingRunner(agent.runners.Runner):
+class CountingRunner(nnflash_agent.runners.Runner):
     runtime = "fake"
 
     def __init__(self, call_s=0.0, fail_load=None, fail_run_after=None):
@@ -51,7 +51,7 @@ def runner(monkeypatch):
     def install(**kw):
         r = CountingRunner(**kw)
         holder["r"] = r
-        monkeypatch.setattr(agent.runners, "make_runner", lambda name: r)
+        monkeypatch.setattr(nnflash_agent.runners, "make_runner", lambda name: r)
         return r
 
     return install
@@ -131,7 +131,7 @@ def test_load_failure_is_runtime_error(runner):
 
 
 def test_missing_runtime_is_runtime_unavailable(runner):
-    runner(fail_load=agent.runners.RuntimeUnavailable("no onnxruntime"))
+    runner(fail_load=nnflash_agent.runners.RuntimeUnavailable("no onnxruntime"))
     with pytest.raises(MeasurementFailed) as ei:
         measure(fixed_runs=2)
     assert ei.value.status == RUNTIME_UNAVAILABLE

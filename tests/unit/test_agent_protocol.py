@@ -1,4 +1,4 @@
-"""agent.protocol: the wire format, pinned by golden fixtures."""
+"""nnflash_agent.protocol: the wire format, pinned by golden fixtures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import protocol as P
+from nnflash_agent import protocol as P
 
 FIXTURES = Path(__file__).parent / "fixtures" / "protocol"
 

@@ -1,4 +1,4 @@
-"""agent.stats: summary statistics and the distribution-free CI of the median."""
+"""nnflash_agent.stats: summary statistics and the distribution-free CI of the median."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from agent.stats import median_ci, percentile, summarize
+from nnflash_agent.stats import median_ci, percentile, summarize
 
 
 def test_percentile_matches_numpy_linear():

@@ -1,4 +1,4 @@
-"""agent.telemetry on a fake /proc + /sys tree and a fake vcgencmd (hardware test doubles)."""
+"""nnflash_agent.telemetry on a fake /proc + /sys tree and a fake vcgencmd (hardware test doubles)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.telemetry import (
+from nnflash_agent.telemetry import (
     Telemetry,
     compare_states,
     decode_throttled,
@@ -255,7 +255,7 @@ def test_real_machine_state_has_all_keys():
 
 
 def test_memory_and_physical_cores_from_proc_and_sysfs(tmp_path) -> None:
-    from agent.telemetry import memory, physical_cores
+    from nnflash_agent.telemetry import memory, physical_cores
 
     info = tmp_path / "meminfo"
     info.write_text("MemTotal:         948280 kB\nMemFree:          512000 kB\nMemAvailable:     700000 kB\n")
@@ -273,7 +273,7 @@ def test_memory_and_physical_cores_from_proc_and_sysfs(tmp_path) -> None:
 def test_builtin_sha256_matches_hashlib(tmp_path) -> None:
     import hashlib
 
-    from agent.store import sha256_file
+    from nnflash_agent.fileio import sha256_file
 
     p = tmp_path / "blob"
     p.write_bytes(bytes(range(256)) * 5000)

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from models.builder import build_module, example_input
-from models.metrics import compute_metrics
-from models.spec import PRESETS, parse_spec, preset
+from nnflash.models.builder import build_module, example_input
+from nnflash.models.metrics import compute_metrics
+from nnflash.models.spec import PRESETS, parse_spec, preset
 
 
 def torch_counts(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:

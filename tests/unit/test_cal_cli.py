@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from calibration import RooflineLatencyModel, load_model
-from calibration.synthetic import synthetic_energy, synthetic_latency
-from controller.cli import cli
-from controller.commands import calibration_cmds
-from models.space import get_space
+from nnflash.calibration import RooflineLatencyModel, load_model
+from nnflash.calibration.synthetic import synthetic_energy, synthetic_latency
+from nnflash.controller.cli import cli
+from nnflash.controller.commands import calibration_cmds
+from nnflash.models.space import get_space
 
 if "predict" not in cli.commands:
     calibration_cmds.register(cli)
@@ -47,7 +47,7 @@ def test_predict_table_and_warning(tmp_path) -> None:
 
 
 def test_predict_energy(tmp_path) -> None:
-    from calibration import EnergyModel
+    from nnflash.calibration import EnergyModel
 
     lat = synthetic_latency(SPECS)
     m = EnergyModel().fit(SPECS, synthetic_energy(SPECS, lat), latency_ms=lat)
@@ -142,7 +142,7 @@ def test_calibrate_energy_json(tmp_path, monkeypatch) -> None:
 
 
 def test_calibrate_from_db(tmp_path) -> None:
-    from controller.store import Store
+    from nnflash.controller.store import Store
 
     db = tmp_path / "n.db"
     store = Store(db)
@@ -197,7 +197,7 @@ def test_calibrate_errors(tmp_path, monkeypatch, args, msg) -> None:
 
 
 def test_calibrate_too_few(tmp_path) -> None:
-    from controller.store import Store
+    from nnflash.controller.store import Store
 
     db = tmp_path / "n.db"
     store = Store(db)
@@ -220,7 +220,7 @@ def test_calibrate_too_few(tmp_path) -> None:
 
 
 def test_usable_rows_takes_the_least_disturbed_visit() -> None:
-    from calibration.workflow import usable_rows
+    from nnflash.calibration.workflow import usable_rows
 
     a, b, c = SPECS[:3]
     rows = [
@@ -262,8 +262,8 @@ def test_calibrate_passes_and_counting_reach_the_profiler(tmp_path, monkeypatch)
 
 
 def test_calibrate_stops_when_a_pass_is_interrupted(tmp_path, monkeypatch) -> None:
-    from controller.campaign import CampaignResult
-    from controller.commands import campaign_cmds
+    from nnflash.controller.campaign import CampaignResult
+    from nnflash.controller.commands import campaign_cmds
 
     visits: list[int] = []
 

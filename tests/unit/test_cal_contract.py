@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from calibration import COST_MODELS, CostModelError, load_model, make_model
-from calibration.synthetic import synthetic_energy, synthetic_latency
-from models.space import get_space
+from nnflash.calibration import COST_MODELS, CostModelError, load_model, make_model
+from nnflash.calibration.synthetic import synthetic_energy, synthetic_latency
+from nnflash.models.space import get_space
 
 SPECS = get_space("flash").sample(30, seed=11)
 LAT = synthetic_latency(SPECS, noise=0.02, seed=1)
@@ -84,7 +84,7 @@ def test_predict_and_score(kind: str) -> None:
     assert score["n"] == len(SPECS)
     assert model.predict([]).shape == (0,)
     # X may also be spec dicts or layer tables
-    from models.metrics import layer_table
+    from nnflash.models.metrics import layer_table
 
     assert np.allclose(model.predict([s.to_dict() for s in SPECS[:3]]), pred[:3])
     assert np.allclose(model.predict([layer_table(s) for s in SPECS[:3]]), pred[:3])

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from calibration import CostModelError, MacsOnlyModel, cross_validate, report_metrics
-from calibration.crossval import format_metrics, kfold_indices, leave_one_out, plot_predicted_vs_measured
-from calibration.synthetic import synthetic_latency
-from models.space import get_space
+from nnflash.calibration import CostModelError, MacsOnlyModel, cross_validate, report_metrics
+from nnflash.calibration.crossval import format_metrics, kfold_indices, leave_one_out, plot_predicted_vs_measured
+from nnflash.calibration.synthetic import synthetic_latency
+from nnflash.models.space import get_space
 
 
 def test_metrics_by_hand() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration import CostModelError, feature_matrix, feature_names, features
-from calibration.features import as_layer_tables, layer_records
-from models.metrics import compute_metrics, layer_table
-from models.space import get_space
-from models.spec import DenseSpec, parse_spec, preset
+from nnflash.calibration import CostModelError, feature_matrix, feature_names, features
+from nnflash.calibration.features import as_layer_tables, layer_records
+from nnflash.models.metrics import compute_metrics, layer_table
+from nnflash.models.space import get_space
+from nnflash.models.spec import DenseSpec, parse_spec, preset
 
 SPACE = get_space("flash")
 

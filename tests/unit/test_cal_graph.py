@@ -7,12 +7,12 @@ import collections
 import numpy as np
 import pytest
 
-from calibration import RooflineLatencyModel
-from calibration.features import as_layer_tables
-from calibration.roofline import ROOF_KINDS, ort_graph_ops
-from calibration.synthetic import known_roofline, synthetic_latency
-from models.space import get_space
-from models.spec import parse_spec
+from nnflash.calibration import RooflineLatencyModel
+from nnflash.calibration.features import as_layer_tables
+from nnflash.calibration.roofline import ROOF_KINDS, ort_graph_ops
+from nnflash.calibration.synthetic import known_roofline, synthetic_latency
+from nnflash.models.space import get_space
+from nnflash.models.spec import parse_spec
 
 # Nodes of onnxruntime's optimized graph (1.32, CPU provider, AVX-512, ORT_ENABLE_ALL), read from
 # SessionOptions.optimized_model_filepath and grouped into roofline kinds: conv = NCHWc Conv
@@ -81,7 +81,7 @@ def test_edge_cost_scales_convolution_work() -> None:
 
 
 def test_non_dense_networks_fall_back_to_the_layer_expansion() -> None:
-    from models.spec import ResNetSpec
+    from nnflash.models.spec import ResNetSpec
 
     resnet = ResNetSpec(block="basic", layers=(1, 1, 1, 1), input_shape=(3, 64, 64))
     assert ort_graph_ops(as_layer_tables([resnet])[0], 16, 2.0) is None

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from calibration import (
+from nnflash.calibration import (
     CostModelError,
     EnergyModel,
     LinearLatencyModel,
@@ -16,15 +16,15 @@ from calibration import (
     check_compatible,
     load_model,
 )
-from calibration.synthetic import synthetic_energy, synthetic_latency
-from models.space import get_space
+from nnflash.calibration.synthetic import synthetic_energy, synthetic_latency
+from nnflash.models.space import get_space
 
 SPECS = get_space("flash").sample(40, seed=7)
 LAT = synthetic_latency(SPECS)
 
 
 def test_macs_only_recovers_a_line() -> None:
-    from calibration.features import feature_matrix, feature_names
+    from nnflash.calibration.features import feature_matrix, feature_names
 
     macs = feature_matrix(SPECS)[:, feature_names().index("macs_total")]
     y = 2.0 * macs / 1e9 + 0.3

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration import CostModelError, RooflineLatencyModel
-from calibration.features import as_layer_tables, layer_batch
-from calibration.roofline import expand_ops
-from calibration.synthetic import DEFAULT_TRUTH, known_roofline, synthetic_latency
-from models.space import get_space
+from nnflash.calibration import CostModelError, RooflineLatencyModel
+from nnflash.calibration.features import as_layer_tables, layer_batch
+from nnflash.calibration.roofline import expand_ops
+from nnflash.calibration.synthetic import DEFAULT_TRUTH, known_roofline, synthetic_latency
+from nnflash.models.space import get_space
 
 SPECS = get_space("flash").sample(60, seed=3)
 

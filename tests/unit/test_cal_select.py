@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration import CostModelError, RooflineLatencyModel
-from calibration.features import feature_matrix, feature_names
-from calibration.select import cover, most_uncertain, plan_budget, select_specs, selection_vectors
-from calibration.synthetic import synthetic_latency
-from models.space import get_space
+from nnflash.calibration import CostModelError, RooflineLatencyModel
+from nnflash.calibration.features import feature_matrix, feature_names
+from nnflash.calibration.select import cover, most_uncertain, plan_budget, select_specs, selection_vectors
+from nnflash.calibration.synthetic import synthetic_latency
+from nnflash.models.space import get_space
 
 POOL = get_space("flash").sample(400, seed=9)
 

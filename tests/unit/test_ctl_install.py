@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.agent_install import InstallError, pip_platform_tags, plan_install, resolve_prefix
-from controller.agent_wheel import AGENT_VERSION, build_agent_wheel, wheel_name
+from nnflash.controller.agent_install import InstallError, pip_platform_tags, plan_install, resolve_prefix
+from nnflash.controller.agent_wheel import AGENT_VERSION, build_agent_wheel, wheel_name
 
 PI_OS = {
     "machine": "aarch64",
@@ -36,12 +36,13 @@ def test_agent_wheel_is_reproducible_and_holds_only_the_agent(tmp_path):
         entry = zf.read(f"nnflash_agent-{AGENT_VERSION}.dist-info/entry_points.txt").decode()
         record = zf.read(f"nnflash_agent-{AGENT_VERSION}.dist-info/RECORD").decode()
     packages = {n.split("/")[0] for n in names}
-    assert packages == {"agent", f"nnflash_agent-{AGENT_VERSION}.dist-info"}
-    assert "agent/cli.py" in names and "agent/data/selftest.onnx" in names and "agent/data/selftest.tflite" in names
+    assert packages == {"nnflash_agent", f"nnflash_agent-{AGENT_VERSION}.dist-info"}
+    assert "nnflash_agent/cli.py" in names and "nnflash_agent/data/selftest.onnx" in names
+    assert "nnflash_agent/data/selftest.tflite" in names and "nnflash_agent/pyproject.toml" in names
     assert not any("__pycache__" in n for n in names)
-    assert "nnflash-agent = agent.cli:main" in entry
+    assert "nnflash-agent = nnflash_agent.cli:main" in entry
     assert "Requires-Dist: numpy" in meta and "Requires-Dist: psutil" in meta
-    assert 'onnxruntime>=1.17 ; extra == "onnxruntime"' in meta
+    assert 'onnxruntime>=1.17; extra == "onnxruntime"' in meta and 'ai-edge-litert>=2.3; extra == "tflite"' in meta
     assert "torch" not in meta
     assert len(record.strip().splitlines()) == len(names)
 
@@ -68,12 +69,12 @@ def test_agent_wheel_installs_and_runs_without_host_code(tmp_path):
         check=True,
     )
     target = tmp_path / "t"
-    assert (target / "agent" / "cli.py").is_file() and not (target / "controller").exists()
+    assert (target / "nnflash_agent" / "cli.py").is_file() and not (target / "controller").exists()
     out = subprocess.run(
         [
             str(py),
             "-c",
-            "import sys; sys.path.insert(0, sys.argv[1]); import agent.cli; agent.cli.main(['--version'])",
+            "import sys; sys.path.insert(0, sys.argv[1]); import nnflash_agent.cli as c; c.main(['--version'])",
             str(target),
         ],
         capture_output=True,
@@ -145,7 +146,7 @@ def test_prefix_resolution():
 
 def test_selftest_json_reports_each_runtime(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "selftest", "--json"],
+        [sys.executable, "-m", "nnflash_agent.cli", "selftest", "--json"],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
@@ -162,7 +163,7 @@ def test_selftest_json_reports_each_runtime(tmp_path):
 
 
 def test_deploy_unit_is_the_one_the_installer_writes():
-    from controller.agent_install import render_unit
+    from nnflash.controller.agent_install import render_unit
 
     deployed = (Path(__file__).resolve().parents[2] / "deploy" / "nnflash-agent@.service").read_text()
     assert deployed == render_unit("/home/%i/.local/share/nnflash-agent")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.errors import ConfigError, InventoryError, NnflashError
-from controller.inventory import (
+from nnflash.controller.errors import ConfigError, InventoryError, NnflashError
+from nnflash.controller.inventory import (
     DEFAULT_AGENT_COMMAND,
     LOCAL_DEVICE_NAME,
     Device,
@@ -76,7 +76,7 @@ def test_local_always_present(tmp_path: Path) -> None:
     assert inv.names() == [LOCAL_DEVICE_NAME]
     dev = inv.get("local")
     assert dev.kind == "local" and dev.is_builtin
-    assert dev.agent_argv[:3] == [sys.executable, "-m", "agent.cli"]
+    assert dev.agent_argv[:3] == [sys.executable, "-m", "nnflash_agent.cli"]
     assert dev.agent_argv[3] == "serve"
     assert "local" in inv and len(inv) == 1
 

@@ -12,8 +12,8 @@ from typing import Any, Dict
 
 import pytest
 
-from controller.errors import NnflashError, StoreError
-from controller.store import (
+from nnflash.controller.errors import NnflashError, StoreError
+from nnflash.controller.store import (
     APPLICATION_ID,
     EXPORT_COLUMNS,
     MIGRATIONS,

@@ -14,10 +14,9 @@ from typing import Any, Callable, Dict, List, Optional
 import paramiko
 import pytest
 
-from agent import protocol as P
-from controller.errors import ExportError, HostKeyError, RequestTimeout, TransportError
-from controller.inventory import Device, local_device
-from controller.transport import (
+from nnflash.controller.errors import ExportError, HostKeyError, RequestTimeout, TransportError
+from nnflash.controller.inventory import Device, local_device
+from nnflash.controller.transport import (
     Connection,
     LocalConnection,
     SSHConnection,
@@ -25,6 +24,7 @@ from controller.transport import (
     fingerprint,
     make_connection,
 )
+from nnflash_agent import protocol as P
 
 # ---- host-key rules (the policy that paramiko calls for a key it does not know)
 
@@ -351,7 +351,7 @@ def test_hasher_loop(tmp_path: Path, coreutils: bool) -> None:
     import shutil
     import subprocess
 
-    from controller.transport import _HASHER_LOOP
+    from nnflash.controller.transport import _HASHER_LOOP
 
     a = tmp_path / "a b.bin"
     a.write_bytes(b"hello")

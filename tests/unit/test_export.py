@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from models import export as ex
-from models.errors import ExportError
-from models.export import artifact_name, export_many, export_spec, read_manifest, relative_error
+from nnflash.models import export as ex
+from nnflash.models.errors import ExportError
+from nnflash.models.export import artifact_name, export_many, export_spec, read_manifest, relative_error
+from nnflash_agent.fileio import sha256_file
 
 
 class ConcatNet(nn.Module):
@@ -93,7 +94,7 @@ def test_onnx_roundtrip_small_modules(tmp_path: Path, name: str) -> None:
 
 
 def _specs() -> list:
-    from models.spec import parse_spec
+    from nnflash.models.spec import parse_spec
 
     cells = [{"depth": 4, "width": 8, "tc": 6}, {"depth": 3, "width": 12, "tc": 20}]
     out = [
@@ -130,7 +131,7 @@ def _specs() -> list:
 
 
 def test_onnx_roundtrip_specs_of_every_family(tmp_path: Path) -> None:
-    pytest.importorskip("models.builder")
+    pytest.importorskip("nnflash.models.builder")
     specs = _specs()
     seen = []
     outcomes = export_many(specs, ["onnx"], tmp_path, progress=lambda d, t, o: seen.append((d, t)))
@@ -163,8 +164,8 @@ def test_onnx_roundtrip_specs_of_every_family(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_onnx_roundtrip_random_dense_specs(tmp_path: Path, seed: int) -> None:
-    pytest.importorskip("models.builder")
-    from models.spec import parse_spec
+    pytest.importorskip("nnflash.models.builder")
+    from nnflash.models.spec import parse_spec
 
     rng = np.random.default_rng(seed)
     cells = [
@@ -188,7 +189,7 @@ def test_onnx_roundtrip_random_dense_specs(tmp_path: Path, seed: int) -> None:
 
 
 def test_spec_given_as_json_text(tmp_path: Path) -> None:
-    pytest.importorskip("models.builder")
+    pytest.importorskip("nnflash.models.builder")
     text = json.dumps(
         {"family": "mlp", "cells": [{"depth": 3, "width": 4, "tc": 1}], "input_shape": [6], "num_classes": 2}
     )
@@ -228,7 +229,7 @@ def test_corrupted_cached_file_is_reexported(tmp_path: Path) -> None:
     first.path.write_bytes(bytes(data))
     again = export_spec(spec, "onnx", tmp_path, build=_counting_build(calls))
     assert not again.cached and len(calls) == 2
-    assert again.sha256 == ex._sha256_file(again.path)
+    assert again.sha256 == sha256_file(again.path)
     onnx.checker.check_model(str(again.path))
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import ldi as ldi_mod
-from models.ldi import ldi
+from nnflash.models import ldi as ldi_mod
+from nnflash.models.ldi import ldi
 
 
 def _orthogonal_linear(n: int, seed: int = 0) -> nn.Linear:
@@ -118,8 +118,8 @@ def test_bad_arguments() -> None:
 
 
 def test_specs_of_every_family() -> None:
-    builder = pytest.importorskip("models.builder")
-    from models.spec import parse_spec
+    builder = pytest.importorskip("nnflash.models.builder")
+    from nnflash.models.spec import parse_spec
 
     specs = [
         {
@@ -161,8 +161,8 @@ def test_specs_of_every_family() -> None:
 def test_concatenation_skips_move_mlp_ldi_up_loosely() -> None:
     # The paper ties more concatenation skips (higher NN-Mass) to better gradient flow. We only
     # check the direction, with a wide gap between "no skips" and "many skips", on two seeds.
-    builder = pytest.importorskip("models.builder")
-    from models.spec import parse_spec
+    builder = pytest.importorskip("nnflash.models.builder")
+    from nnflash.models.spec import parse_spec
 
     def mean_ldi(tc: int, seed: int) -> float:
         spec = parse_spec(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.metrics import (
+from nnflash.models.metrics import (
     compute_metrics,
     dense_metrics,
     layer_table,
@@ -15,7 +15,7 @@ from models.metrics import (
     nn_mass,
     skip_sum,
 )
-from models.spec import parse_spec, preset
+from nnflash.models.spec import parse_spec, preset
 
 
 def test_reference_densenet_from_the_paper():

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from models.errors import SpaceError
-from models.metrics import compute_metrics
-from models.space import SPACES, CellRange, Space, generate, get_space
+from nnflash.models.errors import SpaceError
+from nnflash.models.metrics import compute_metrics
+from nnflash.models.space import SPACES, CellRange, Space, generate, get_space
 
 
 def brute_count(space: Space) -> int:

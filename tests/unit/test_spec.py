@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from models.errors import SpecError
-from models.spec import FAMILIES, PRESETS, DenseSpec, draw_skips, parse_spec, preset
+from nnflash.models.errors import SpecError
+from nnflash.models.spec import FAMILIES, PRESETS, DenseSpec, draw_skips, parse_spec, preset
 
 MINIMAL = {
     "family": "dense",
