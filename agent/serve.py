@@ -57,10 +57,10 @@ class Agent:
         prespawn: bool = False,
     ) -> None:
         from nnflash_agent.journal import Journal
-        from nnflash_agent.store import Store
+        from nnflash_agent.store import ArtifactStore
         from nnflash_agent.worker import WorkerPool
 
-        self.store = Store(store_dir)
+        self.store = ArtifactStore(store_dir)
         self.store.ensure()
         self.journal = Journal(journal_path)
         self._telemetry = telemetry

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from nnflash_agent.fileio import sha256_file
 from nnflash_agent.protocol import BAD_REQUEST, CORRUPT_ARTIFACT, MISSING_ARTIFACT, ProtocolError
 
-__all__ = ["FORMATS", "Store", "default_store_dir", "default_journal_path"]
+__all__ = ["FORMATS", "ArtifactStore", "default_store_dir", "default_journal_path"]
 
 FORMATS = ("onnx", "tflite")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -49,7 +49,9 @@ def check_artifact_ref(ref: Any) -> Dict[str, str]:
     return {"sha256": sha, "format": fmt}
 
 
-class Store:
+class ArtifactStore:
+    """The content-addressed directory of model files the controller uploaded (``<sha256>.<format>``)."""
+
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
 

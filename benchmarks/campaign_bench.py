@@ -24,7 +24,7 @@ from sshd_fixture import SSHServer, real_agent_command  # noqa: E402
 
 from nnflash.controller.campaign import Campaign, MeasureSettings  # noqa: E402
 from nnflash.controller.inventory import Device  # noqa: E402
-from nnflash.controller.store import Store  # noqa: E402
+from nnflash.controller.store import ResultsDB  # noqa: E402
 from nnflash.controller.transport import make_connection  # noqa: E402
 from nnflash.models.space import get_space  # noqa: E402
 
@@ -46,7 +46,7 @@ def run(specs, devices, settings, db: Path, art: Path, tmp: Path):
         "pinned_hosts_path": str(tmp / "pinned"),
         "accept_new_host_key": True,
     }
-    store = Store(db)
+    store = ResultsDB(db)
     try:
         return Campaign(specs, devices, settings, store, art, connect=lambda d: make_connection(d, **opts)).run()
     finally:
@@ -90,7 +90,7 @@ def main() -> None:
             specs = space.sample(6, seed=13)
             devs = [device(server, tmp / f"store-d{i}", f"d{i}") for i in range(8)]
             res = run(specs, devs, fast, tmp / "eight.db", tmp / "art", tmp)
-            store = Store(tmp / "eight.db")
+            store = ResultsDB(tmp / "eight.db")
             rows = store.measurements()
             store.close()
             keys = [(r["spec_id"], r["device"]) for r in rows if r["status"] == "ok"]

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 from nnflash.controller.errors import RequestTimeout, TransportError
 from nnflash.controller.inventory import Device
-from nnflash.controller.store import Store
+from nnflash.controller.store import ResultsDB
 from nnflash.models.spec import AnySpec
 from nnflash_agent.runners import RUNTIME_FORMATS
 
@@ -167,7 +167,7 @@ class Campaign:
         specs: Sequence[AnySpec],
         devices: Sequence[Device],
         settings: MeasureSettings,
-        store: Store,
+        store: ResultsDB,
         artifacts_dir: str | Path,
         *,
         connect: ConnectFn,

@@ -11,13 +11,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nnflash.controller.store import Store
+from nnflash.controller.store import ResultsDB
 from nnflash.models.metrics import compute_metrics
 from nnflash.models.spec import parse_spec
 from nnflash_agent.fileio import atomic_write_text
 
 
-def collect(store: Store, spec_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def collect(store: ResultsDB, spec_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per ok measurement (first visit only: calibration's repeated visits of a model
     would count it several times), joined with the spec's analytic metrics."""
     rows = []
@@ -73,7 +73,7 @@ def _plot(rows: list[dict[str, Any]], x_key: str, x_label: str, log_x: bool = Fa
 
 def write_report(
     path: str | Path,
-    store: Store,
+    store: ResultsDB,
     *,
     title: str = "nnflash report",
     spec_ids: Sequence[str] | None = None,

@@ -10,7 +10,7 @@ No measurement is stored twice:
   device's journal after a reconnect) is ignored the second time;
 * at most one ``ok`` row per (spec_id, device, runtime, threads, visit) (a partial unique index): a
   rerun that races another one cannot store a second success. Failed rows accumulate (they count
-  towards the retry limit, see :meth:`Store.failure_count`).
+  towards the retry limit, see :meth:`ResultsDB.failure_count`).
 
 ``visit`` numbers repeated, separate measurements of the same model: ordinary campaigns store
 visit 0; ``nnflash calibrate`` measures every model in several passes (visits 0, 1, ...), spread
@@ -38,7 +38,7 @@ from typing import IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, S
 from nnflash.controller.errors import StoreError
 
 __all__ = [
-    "Store",
+    "ResultsDB",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "APPLICATION_ID",
@@ -185,8 +185,8 @@ def _loads(text: Optional[str]) -> Any:
     return None if text is None else json.loads(text)
 
 
-class Store:
-    """An open results database. Thread-safe: one connection guarded by a lock; several ``Store``
+class ResultsDB:
+    """An open results database. Thread-safe: one connection guarded by a lock; several ``ResultsDB``
     objects (threads or processes) may open the same file, WAL + a busy timeout serialise
     writers."""
 
@@ -293,7 +293,7 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> ResultsDB:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -318,7 +318,7 @@ class Store:
     # ---- specs
 
     def add_spec(self, spec_id: str, family: str, spec_json: str | Mapping[str, Any]) -> bool:
-        """Store a spec (canonical JSON text or a dict). Returns False if it was already stored."""
+        """ResultsDB a spec (canonical JSON text or a dict). Returns False if it was already stored."""
         text = spec_json if isinstance(spec_json, str) else _dumps(spec_json)
         cur = self._execute(
             "INSERT INTO specs(spec_id, family, json, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -424,7 +424,7 @@ class Store:
         energy: Optional[Mapping[str, Any]] = None,
         visit: int = 0,
     ) -> bool:
-        """Store one measurement (committed at once). Returns True if stored, False if it was a
+        """ResultsDB one measurement (committed at once). Returns True if stored, False if it was a
         duplicate: the same ``request_id`` already stored, or an ``ok`` row already exists for this
         (spec_id, device, runtime, threads, visit)."""
         if not request_id:
@@ -474,7 +474,7 @@ class Store:
         campaign_id: Optional[int] = None,
         visit: int = 0,
     ) -> bool:
-        """Store an agent's ``measure`` response as it came (see :func:`measurement_fields`)."""
+        """ResultsDB an agent's ``measure`` response as it came (see :func:`measurement_fields`)."""
         return self.add_measurement(
             spec_id=spec_id,
             device=device,
@@ -601,7 +601,7 @@ class Store:
 
 def measurement_fields(response: Mapping[str, Any]) -> Dict[str, Any]:
     """Split a ``measure`` response (protocol v1, record of ``agent/measure.py``) into the columns
-    of :meth:`Store.add_measurement`: ``request_id``, ``status``, ``error``, the three latency
+    of :meth:`ResultsDB.add_measurement`: ``request_id``, ``status``, ``error``, the three latency
     statistics, ``energy_mj`` (per inference, gross; None without a meter), ``samples``
     (``samples_ms``), ``state`` (``{"before", "after"}``), ``energy`` (the meter's record) and
     ``summary`` (everything else in the record)."""

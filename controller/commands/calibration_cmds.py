@@ -45,7 +45,7 @@ def predict_cmd(
     as_json: bool,
 ) -> None:
     """Predict the latency (and energy, where the model has it) of every spec in SPECS.jsonl."""
-    from nnflash.calibration.registry import check_compatible, load_model
+    from nnflash.calibration import check_compatible, load_model
     from nnflash.models.spec import load_specs_jsonl
 
     model = load_model(cost_path)
@@ -133,9 +133,9 @@ def _profile(
 def _stored_rows(
     db_path: str, device: str, runtime: str, threads: Optional[int], spec_ids: Optional[set[str]] = None
 ) -> list[dict[str, Any]]:
-    from nnflash.controller.store import Store
+    from nnflash.controller.store import ResultsDB
 
-    store = Store(db_path, readonly=True)
+    store = ResultsDB(db_path, readonly=True)
     try:
         rows = [
             r
@@ -150,10 +150,10 @@ def _stored_rows(
 
 
 def _stored_specs(db_path: str, spec_ids: set[str]) -> dict[str, Any]:
-    from nnflash.controller.store import Store
+    from nnflash.controller.store import ResultsDB
     from nnflash.models.spec import parse_spec
 
-    store = Store(db_path, readonly=True)
+    store = ResultsDB(db_path, readonly=True)
     out = {}
     try:
         for sid in sorted(spec_ids):
@@ -166,11 +166,11 @@ def _stored_specs(db_path: str, spec_ids: set[str]) -> dict[str, Any]:
 
 
 def _device_facts(db_path: str, device: str) -> Optional[dict[str, Any]]:
-    from nnflash.controller.store import Store
+    from nnflash.controller.store import ResultsDB
 
     if not Path(db_path).exists():
         return None
-    store = Store(db_path, readonly=True)
+    store = ResultsDB(db_path, readonly=True)
     try:
         rec = store.latest_device_facts(device)
     finally:
@@ -262,8 +262,8 @@ def calibrate_cmd(
     disturbance that slows one pass does not enter the fit. --from-db refits from stored
     measurements (every stored visit).
     """
+    from nnflash.calibration import COST_MODELS
     from nnflash.calibration.crossval import format_metrics, plot_predicted_vs_measured
-    from nnflash.calibration.registry import COST_MODELS
     from nnflash.calibration.workflow import calibrate, fit_measurements, usable_rows
 
     if model_kind not in COST_MODELS or COST_MODELS[model_kind].target != "latency_ms":
@@ -335,9 +335,9 @@ def calibrate_cmd(
         result.latency_ms, result.cv_predicted, plot, title=f"{model_kind} on {device} (cross-validated)"
     )
     try:
-        from nnflash.controller.store import Store
+        from nnflash.controller.store import ResultsDB
 
-        store = Store(db_path)
+        store = ResultsDB(db_path)
         try:
             store.add_cost_model(device, runtime, threads, out.read_text())
         finally:

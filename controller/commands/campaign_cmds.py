@@ -25,7 +25,7 @@ from nnflash.controller.commands.common import (
     load_inventory,
 )
 from nnflash.controller.errors import ConfigError
-from nnflash.controller.store import Store, rows_to_csv_text
+from nnflash.controller.store import ResultsDB, rows_to_csv_text
 from nnflash.controller.transport import make_connection
 from nnflash.models.spec import AnySpec, load_specs_jsonl
 from nnflash_agent.runners import RUNTIMES
@@ -119,7 +119,7 @@ def run_campaign(
     inv = load_inventory(inventory_path)
     devices = devices_from(inv, device_names)
     opts = connection_options()
-    store = Store(db_path)
+    store = ResultsDB(db_path)
     try:
         lock = threading.Lock()
         with _progress(console) as prog:
@@ -317,7 +317,7 @@ def results_cmd(db_path: str, as_json: bool, as_csv: bool, device: Optional[str]
         raise ConfigError("choose one of --json and --csv")
     if not Path(db_path).exists():
         raise ConfigError(f"--db: {db_path} does not exist")
-    store = Store(db_path, readonly=True)
+    store = ResultsDB(db_path, readonly=True)
     try:
         filters = {k: v for k, v in (("device", device), ("status", status)) if v is not None}
         rows = store.export_rows(**filters)

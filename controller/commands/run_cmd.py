@@ -15,7 +15,7 @@ from nnflash.controller.campaign import MeasureSettings
 from nnflash.controller.commands.campaign_cmds import print_summary, run_campaign
 from nnflash.controller.commands.common import db_option, inventory_option
 from nnflash.controller.errors import ConfigError
-from nnflash.controller.store import Store
+from nnflash.controller.store import ResultsDB
 from nnflash.models.spec import AnySpec
 from nnflash_agent.runners import RUNTIMES
 
@@ -111,7 +111,7 @@ def run_cmd(
         args={"command": "run", "quick": quick, "seed": seed},
     )
     print_summary(result, console)
-    store = Store(db_path)
+    store = ResultsDB(db_path)
     try:
         report = write_report(
             out / "report.html",

@@ -19,7 +19,7 @@ from sshd_fixture import REPO_ROOT, real_agent_command, sshd  # noqa: F401  (pyt
 
 from nnflash.controller.campaign import Campaign, MeasureSettings
 from nnflash.controller.inventory import Device
-from nnflash.controller.store import Store
+from nnflash.controller.store import ResultsDB
 from nnflash.controller.transport import make_connection
 from nnflash.models.spec import parse_spec
 
@@ -67,7 +67,7 @@ def connector(tmp_path: Path):
 
 
 def check_db(db: Path, specs, device: str = "pi", threads=None) -> list[dict]:
-    store = Store(db)
+    store = ResultsDB(db)
     try:
         rows = store.measurements(device=device)
     finally:
@@ -97,7 +97,7 @@ def test_profile_over_ssh_and_resume(sshd, tmp_path):  # noqa: F811
     db = tmp_path / "db.sqlite"
     dev = ssh_device(sshd, tmp_path / "store")
     rows = []
-    store = Store(db)
+    store = ResultsDB(db)
     camp = Campaign(
         specs,
         [dev],
@@ -113,7 +113,7 @@ def test_profile_over_ssh_and_resume(sshd, tmp_path):  # noqa: F811
     assert all(r["latency_ms_median"] > 0 for r in rows)
     check_db(db, specs)
     # a rerun measures nothing again
-    store = Store(db)
+    store = ResultsDB(db)
     res2 = Campaign(specs, [dev], MeasureSettings(**FAST), store, tmp_path / "art", connect=connector(tmp_path)).run()
     store.close()
     assert res2.devices["pi"].skipped == 4 and res2.devices["pi"].ok == 0
@@ -137,7 +137,7 @@ def test_server_stopped_mid_campaign(sshd, tmp_path):  # noqa: F811
             fired.set()
             threading.Thread(target=outage, daemon=True).start()
 
-    store = Store(db)
+    store = ResultsDB(db)
     settings = MeasureSettings(repeat=10, min_repeat_ms=60.0, warmup_s=0.05, timeout_s=60.0)
     res = Campaign(
         specs, [dev], settings, store, tmp_path / "art", connect=connector(tmp_path), on_result=on_result
@@ -165,7 +165,7 @@ def test_agent_killed_mid_measurement(sshd, tmp_path):  # noqa: F811
             fired.set()
             threading.Thread(target=kill_agent, daemon=True).start()
 
-    store = Store(db)
+    store = ResultsDB(db)
     settings = MeasureSettings(repeat=10, min_repeat_ms=60.0, warmup_s=0.05, timeout_s=60.0)
     res = Campaign(
         specs, [dev], settings, store, tmp_path / "art", connect=connector(tmp_path), on_result=on_result
@@ -180,7 +180,7 @@ def test_corrupt_uploaded_file_is_replaced(sshd, tmp_path):  # noqa: F811
     db = tmp_path / "db.sqlite"
     agent_store = tmp_path / "store"
     dev = ssh_device(sshd, agent_store)
-    store = Store(db)
+    store = ResultsDB(db)
     Campaign(specs, [dev], MeasureSettings(**FAST), store, tmp_path / "art", connect=connector(tmp_path)).run()
     # corrupt every artifact on the device, keeping its size (so the upload skip does not notice)
     for f in agent_store.glob("*.onnx"):
@@ -213,7 +213,7 @@ def test_hung_agent_becomes_a_failed_measurement(sshd, tmp_path):  # noqa: F811
             fired.set()
             threading.Thread(target=freeze_agent, daemon=True).start()
 
-    store = Store(db)
+    store = ResultsDB(db)
     settings = MeasureSettings(repeat=10, min_repeat_ms=60.0, warmup_s=0.05, timeout_s=8.0, answer_margin_s=1.0)
     try:
         res = Campaign(

@@ -13,7 +13,7 @@ import pytest
 
 from nnflash.controller.errors import TransportError
 from nnflash.controller.inventory import Device, local_device
-from nnflash.controller.store import Store
+from nnflash.controller.store import ResultsDB
 from nnflash.controller.transport import LocalConnection
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,13 +62,13 @@ def test_hello_put_list(tmp_path: Path) -> None:
 def test_measure_store_and_journal(tmp_path: Path) -> None:
     sha = hashlib.sha256(MODEL.read_bytes()).hexdigest()
     args = {"artifact": {"sha256": sha, "format": "onnx"}, "runtime": "onnxruntime", **QUICK}
-    with _conn(tmp_path) as conn, Store(tmp_path / "n.db") as db:
+    with _conn(tmp_path) as conn, ResultsDB(tmp_path / "n.db") as db:
         conn.put_artifact(MODEL, sha, "onnx")
         r = conn.request("measure", args, timeout_s=120, request_id="loc-1")
         assert r["status"] == "ok", r["error"]
         assert db.add_response(r, spec_id="selftest", device="local", runtime="onnxruntime", threads=None)
     # a new agent process finds the answer in the journal; storing it again is a no-op
-    with _conn(tmp_path) as conn, Store(tmp_path / "n.db") as db:
+    with _conn(tmp_path) as conn, ResultsDB(tmp_path / "n.db") as db:
         again = conn.results(["loc-1"])["loc-1"]
         assert again["status"] == "ok"
         assert not db.add_response(again, spec_id="selftest", device="local", runtime="onnxruntime", threads=None)

@@ -14,7 +14,7 @@ from nnflash_agent import protocol as P
 from nnflash_agent.journal import Journal
 from nnflash_agent.measure import OPTION_DEFAULTS, parse_options
 from nnflash_agent.serve import Agent, serve
-from nnflash_agent.store import Store, check_artifact_ref, default_journal_path, default_store_dir
+from nnflash_agent.store import ArtifactStore, check_artifact_ref, default_journal_path, default_store_dir
 
 SHA_A = "a" * 64
 
@@ -196,7 +196,7 @@ def test_internal_errors_become_responses(agent, monkeypatch):
 
 
 def test_store_list_ignores_foreign_files(tmp_path):
-    st = Store(str(tmp_path))
+    st = ArtifactStore(str(tmp_path))
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / f"{SHA_A}.exe").write_text("x")
     sha = put(str(tmp_path), b"abc", "tflite")

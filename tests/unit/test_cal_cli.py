@@ -142,10 +142,10 @@ def test_calibrate_energy_json(tmp_path, monkeypatch) -> None:
 
 
 def test_calibrate_from_db(tmp_path) -> None:
-    from nnflash.controller.store import Store
+    from nnflash.controller.store import ResultsDB
 
     db = tmp_path / "n.db"
-    store = Store(db)
+    store = ResultsDB(db)
     lat = synthetic_latency(SPECS, noise=0.01)
     for i, (s, v) in enumerate(zip(SPECS, lat)):
         store.add_spec(s.spec_id, s.family, s.canonical_json())
@@ -177,7 +177,7 @@ def test_calibrate_from_db(tmp_path) -> None:
     rep = json.loads(res.output)
     assert rep["measured"] == len(SPECS) and rep["cv"]["within_10"] >= 0.9
     assert load_model(out).metadata_["training_spec_ids"] == [s.spec_id for s in SPECS]
-    store = Store(db, readonly=True)
+    store = ResultsDB(db, readonly=True)
     assert store.latest_cost_model("pi3", "onnxruntime", 1) is not None
     store.close()
 
@@ -197,10 +197,10 @@ def test_calibrate_errors(tmp_path, monkeypatch, args, msg) -> None:
 
 
 def test_calibrate_too_few(tmp_path) -> None:
-    from nnflash.controller.store import Store
+    from nnflash.controller.store import ResultsDB
 
     db = tmp_path / "n.db"
-    store = Store(db)
+    store = ResultsDB(db)
     for i, s in enumerate(SPECS[:3]):
         store.add_spec(s.spec_id, s.family, s.canonical_json())
         store.add_measurement(

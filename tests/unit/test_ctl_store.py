@@ -18,7 +18,7 @@ from nnflash.controller.store import (
     EXPORT_COLUMNS,
     MIGRATIONS,
     SCHEMA_VERSION,
-    Store,
+    ResultsDB,
     measurement_fields,
     write_csv,
     write_jsonl,
@@ -45,7 +45,7 @@ def _m(request_id: str, **kw: Any) -> Dict[str, Any]:
 
 def test_fresh_db_has_schema_and_wal(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "nnflash.db"
-    with Store(path) as st:
+    with ResultsDB(path) as st:
         assert st.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
         assert st.journal_mode == "wal"
     db = sqlite3.connect(path)
@@ -65,16 +65,16 @@ def test_fresh_db_has_schema_and_wal(tmp_path: Path) -> None:
 
 def test_reopen_keeps_data(tmp_path: Path) -> None:
     path = tmp_path / "n.db"
-    with Store(path) as st:
+    with ResultsDB(path) as st:
         st.add_measurement(**_m("r1"))
-    with Store(path) as st:
+    with ResultsDB(path) as st:
         assert st.count_measurements() == 1
         assert st.schema_version == SCHEMA_VERSION
 
 
 def test_migration_runs_only_new_steps(tmp_path: Path) -> None:
     path = tmp_path / "n.db"
-    with Store(path) as st:
+    with ResultsDB(path) as st:
         st.add_measurement(**_m("r1"))
     calls = []
 
@@ -82,17 +82,17 @@ def test_migration_runs_only_new_steps(tmp_path: Path) -> None:
         calls.append("v2")
         db.execute("ALTER TABLE measurements ADD COLUMN note TEXT")
 
-    with Store(path, migrations=MIGRATIONS + [v2]) as st:
+    with ResultsDB(path, migrations=MIGRATIONS + [v2]) as st:
         assert st.schema_version == SCHEMA_VERSION + 1
         assert st.count_measurements() == 1
-    with Store(path, migrations=MIGRATIONS + [v2]) as st:
+    with ResultsDB(path, migrations=MIGRATIONS + [v2]) as st:
         assert st.schema_version == SCHEMA_VERSION + 1
     assert calls == ["v2"]
 
 
 def test_v1_database_gains_visits_and_keeps_rows(tmp_path: Path) -> None:
     path = tmp_path / "n.db"
-    with Store(path, migrations=MIGRATIONS[:1]) as st:  # a database written before visits existed
+    with ResultsDB(path, migrations=MIGRATIONS[:1]) as st:  # a database written before visits existed
         assert st.schema_version == 1
     db = sqlite3.connect(path)
     for rid, status in (("r1", "ok"), ("r2", "timeout")):
@@ -103,7 +103,7 @@ def test_v1_database_gains_visits_and_keeps_rows(tmp_path: Path) -> None:
         )
     db.commit()
     db.close()
-    with Store(path) as st:
+    with ResultsDB(path) as st:
         assert st.schema_version == SCHEMA_VERSION
         rows = st.measurements(full=True)
         assert [(r["request_id"], r["visit"]) for r in rows] == [("r1", 0), ("r2", 0)]
@@ -115,7 +115,7 @@ def test_v1_database_gains_visits_and_keeps_rows(tmp_path: Path) -> None:
 
 def test_failed_migration_rolls_back(tmp_path: Path) -> None:
     path = tmp_path / "n.db"
-    with Store(path) as st:
+    with ResultsDB(path) as st:
         st.add_measurement(**_m("r1"))
 
     def bad(db: sqlite3.Connection) -> None:
@@ -123,8 +123,8 @@ def test_failed_migration_rolls_back(tmp_path: Path) -> None:
         db.execute("THIS IS NOT SQL")
 
     with pytest.raises(StoreError, match="cannot migrate"):
-        Store(path, migrations=MIGRATIONS + [bad])
-    with Store(path) as st:
+        ResultsDB(path, migrations=MIGRATIONS + [bad])
+    with ResultsDB(path) as st:
         assert st.schema_version == SCHEMA_VERSION
         assert st.count_measurements() == 1
         cols = {r[1] for r in st._db.execute("PRAGMA table_info(measurements)")}
@@ -133,14 +133,14 @@ def test_failed_migration_rolls_back(tmp_path: Path) -> None:
 
 def test_newer_schema_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "n.db"
-    Store(path).close()
+    ResultsDB(path).close()
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
     db.commit()
     db.close()
     before = path.read_bytes()
     with pytest.raises(StoreError, match="newer than this nnflash supports") as exc:
-        Store(path)
+        ResultsDB(path)
     assert str(SCHEMA_VERSION + 5) in str(exc.value)
     assert isinstance(exc.value, NnflashError)
     db = sqlite3.connect(path)
@@ -157,7 +157,7 @@ def test_foreign_sqlite_db_refused(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with pytest.raises(StoreError, match="refusing"):
-        Store(path)
+        ResultsDB(path)
     db = sqlite3.connect(path)
     assert db.execute("SELECT x FROM stuff").fetchall() == [(1,)]
     db.close()
@@ -167,16 +167,16 @@ def test_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(StoreError, match="not an nnflash results database"):
-        Store(path)
+        ResultsDB(path)
     assert path.read_bytes() == b"this is not sqlite at all" * 100
 
 
 def test_readonly(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
-        Store(tmp_path / "none.db", readonly=True)
-    with Store(tmp_path / "n.db") as st:
+        ResultsDB(tmp_path / "none.db", readonly=True)
+    with ResultsDB(tmp_path / "n.db") as st:
         st.add_measurement(**_m("r1"))
-    with Store(tmp_path / "n.db", readonly=True) as st:
+    with ResultsDB(tmp_path / "n.db", readonly=True) as st:
         assert len(st.export_rows()) == 1
         with pytest.raises(StoreError):
             st.add_measurement(**_m("r2"))
@@ -186,7 +186,7 @@ def test_readonly(tmp_path: Path) -> None:
 
 
 def test_same_request_id_stored_once(tmp_path: Path) -> None:
-    with Store(tmp_path / "n.db") as st:
+    with ResultsDB(tmp_path / "n.db") as st:
         assert st.add_measurement(**_m("r1", status="timeout", latency_ms_median=None))
         assert not st.add_measurement(**_m("r1", status="timeout"))
         assert not st.add_measurement(**_m("r1", status="ok"))
@@ -195,7 +195,7 @@ def test_same_request_id_stored_once(tmp_path: Path) -> None:
 
 
 def test_one_ok_per_key(tmp_path: Path) -> None:
-    with Store(tmp_path / "n.db") as st:
+    with ResultsDB(tmp_path / "n.db") as st:
         assert st.add_measurement(**_m("r1"))
         assert not st.add_measurement(**_m("r2"))  # same key, another ok: refused
         assert st.add_measurement(**_m("r3", threads=2))  # other key
@@ -208,7 +208,7 @@ def test_one_ok_per_key(tmp_path: Path) -> None:
 
 
 def test_is_done_and_failures(tmp_path: Path) -> None:
-    with Store(tmp_path / "n.db") as st:
+    with ResultsDB(tmp_path / "n.db") as st:
         assert not st.is_done("s1", "pi", "onnxruntime", None)
         st.add_measurement(**_m("a", status="timeout", error="killed after 60 s"))
         st.add_measurement(**_m("b", status="crashed", error="SIGKILL"))
@@ -234,7 +234,7 @@ def test_is_done_and_failures(tmp_path: Path) -> None:
 
 
 def test_specs_artifacts_devices_campaigns_cost_models(tmp_path: Path) -> None:
-    with Store(tmp_path / "n.db") as st:
+    with ResultsDB(tmp_path / "n.db") as st:
         assert st.add_spec("s1", "dense", {"family": "dense", "depth": 3})
         assert not st.add_spec("s1", "dense", "{}")
         assert json.loads(st.get_spec("s1")["json"]) == {"depth": 3, "family": "dense"}
@@ -269,7 +269,7 @@ def test_specs_artifacts_devices_campaigns_cost_models(tmp_path: Path) -> None:
 
 
 def test_measurement_json_columns_and_campaign_fk(tmp_path: Path) -> None:
-    with Store(tmp_path / "n.db") as st:
+    with ResultsDB(tmp_path / "n.db") as st:
         cid = st.create_campaign({})
         st.add_measurement(
             **_m(
@@ -294,7 +294,7 @@ def test_measurement_json_columns_and_campaign_fk(tmp_path: Path) -> None:
 
 
 def test_nan_stored_as_null(tmp_path: Path) -> None:
-    with Store(tmp_path / "n.db") as st:
+    with ResultsDB(tmp_path / "n.db") as st:
         st.add_measurement(**_m("r1", latency_ms_p90=float("nan")))
         assert st.get_measurement("r1")["latency_ms_p90"] is None
 
@@ -336,7 +336,7 @@ def test_measurement_fields_and_add_response(tmp_path: Path) -> None:
     failed = {"v": 1, "id": "x", "status": "timeout", "error": "killed", "result": None}
     g = measurement_fields(failed)
     assert g["status"] == "timeout" and g["latency_ms_median"] is None and g["summary"] is None
-    with Store(tmp_path / "n.db") as st:
+    with ResultsDB(tmp_path / "n.db") as st:
         assert st.add_response(AGENT_RESPONSE, spec_id="s", device="local", runtime="onnxruntime", threads=None)
         assert not st.add_response(AGENT_RESPONSE, spec_id="s", device="local", runtime="onnxruntime", threads=None)
         assert st.add_response(failed, spec_id="s", device="local", runtime="tflite", threads=1)
@@ -349,7 +349,7 @@ def test_measurement_fields_and_add_response(tmp_path: Path) -> None:
 
 
 def test_exports(tmp_path: Path) -> None:
-    with Store(tmp_path / "n.db") as st:
+    with ResultsDB(tmp_path / "n.db") as st:
         st.add_measurement(**_m("r1", energy_mj=None))
         st.add_measurement(**_m("r2", spec_id="s2", status="timeout", error='a, "b"'))
         rows = st.export_rows()
@@ -371,13 +371,13 @@ def test_exports(tmp_path: Path) -> None:
 
 def test_concurrent_writers_threads(tmp_path: Path) -> None:
     path = tmp_path / "n.db"
-    Store(path).close()
-    shared = Store(path)
+    ResultsDB(path).close()
+    shared = ResultsDB(path)
     errors = []
 
     def worker(k: int) -> None:
-        # half the threads use the shared Store, half their own connection
-        st = shared if k % 2 else Store(path)
+        # half the threads use the shared ResultsDB, half their own connection
+        st = shared if k % 2 else ResultsDB(path)
         try:
             for i in range(50):
                 st.add_measurement(**_m(f"r{k}-{i}", spec_id=f"s{k}-{i}"))

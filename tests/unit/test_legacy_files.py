@@ -17,7 +17,7 @@ import pytest
 
 from nnflash.calibration import load_model
 from nnflash.controller.inventory import Inventory
-from nnflash.controller.store import Store
+from nnflash.controller.store import ResultsDB
 from nnflash.models.space import get_space
 from nnflash.models.spec import load_specs_jsonl
 
@@ -34,7 +34,7 @@ def test_inventory_loads() -> None:
 def test_database_opens_and_reads(tmp_path: Path) -> None:
     db = tmp_path / "nnflash.db"
     db.write_bytes((LEGACY / "nnflash.db").read_bytes())
-    with Store(db) as store:
+    with ResultsDB(db) as store:
         rows = store.measurements(device="local")
         assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
         assert all(r["latency_ms_median"] and r["latency_ms_median"] > 0 for r in rows)
