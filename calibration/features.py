@@ -11,13 +11,15 @@ of :data:`KINDS`: ``conv`` (regular k x k convolution), ``pointwise`` (1 x 1), `
 (depthwise and grouped convolutions), ``linear``, ``bn`` (BatchNorm and the activation that follows
 it), ``gather`` (channel selection and concatenation of long-range skips), ``pool`` and ``add``.
 Bytes moved by a layer are ``weights + input + output`` (float32). For the dense and mlp families
-(cells found by layer name, so a bare layer table gives the same records) the gather record also
-counts what the exported graph really moves: layer ``i > 2`` first concatenates the
+(cells found from the layers' ``cell``, ``index`` and ``role`` fields, so a bare layer table gives the
+same records) the gather record also counts what the exported graph really moves: layer ``i > 2`` first concatenates the
 outputs of layers ``0..i-2`` (``w*(i-1)`` channels) into the pool it selects from, then gathers
 ``s_i`` channels and concatenates them after the previous output; ``ops`` counts those operators.
 
-Records also carry the layer's name, groups and output width, so that a model can rebuild the
-network's structure (the roofline's simulation of the runtime's graph does).
+Records also carry the layer's place (``section``, ``cell``, ``index``, ``role``: structured fields
+of ``models.metrics.Layer``, never parsed from its ``name``, which is for display), groups and output
+width, so that a model can rebuild the network's structure (the roofline's simulation of the
+runtime's graph does).
 
 Feature vector
 --------------
@@ -28,7 +30,6 @@ output sizes in bytes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,8 @@ KINDS: tuple[str, ...] = ("conv", "pointwise", "depthwise", "linear", "bn", "gat
 COMPUTE_KINDS: tuple[str, ...] = ("conv", "pointwise", "depthwise", "linear")
 KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 _KIND_OF = {"grouped": "depthwise"}
-_GATHER_NAME = re.compile(r"^c(\d+)\.l(\d+)\.gather$")
+#: Roles of the layer that gives a dense/mlp cell its output width (``regular``, ``depthwise``, mlp).
+_CELL_OUTPUT_ROLES: tuple[str, ...] = ("conv", "pw2", "fc")
 
 
 @dataclass(frozen=True)
@@ -60,23 +62,26 @@ class LayerRecord:
     kernel: int
     hw_in: int
     hw_out: int
-    #: The layer's name in ``models.metrics.layer_table`` (``c0.l3.conv``, ``head.fc``, ...).
+    #: The layer's name in ``models.metrics.layer_table`` (``c0.l3.conv``, ``head.fc``, ...), for
+    #: display only: the fields below say where the layer is.
     name: str = ""
     groups: int = 1
     #: Output width (columns); 0 when unknown.
     w_out: int = 0
-
-
-_CELL_OUT_NAME = re.compile(r"^c(\d+)\.l\d+\.(conv|pw2|fc)$")
+    #: The layer's place, as in ``models.metrics.Layer``: ``stem``, ``body`` or ``head`` ("" when
+    #: unknown), the cell and the position in it (``None`` outside the body), and its ``role``.
+    section: str = ""
+    cell: int | None = None
+    index: int | None = None
+    role: str = ""
 
 
 def _cell_widths(table: Sequence[Layer]) -> dict[int, int]:
-    """Output width of every dense/mlp cell, read from the layer names of a table."""
+    """Output width of every dense/mlp cell: that of its first convolution or linear layer."""
     out: dict[int, int] = {}
     for layer in table:
-        m = _CELL_OUT_NAME.match(layer.name)
-        if m:
-            out.setdefault(int(m.group(1)), layer.out_ch)
+        if layer.section == "body" and layer.cell is not None and layer.role in _CELL_OUTPUT_ROLES:
+            out.setdefault(layer.cell, layer.out_ch)
     return out
 
 
@@ -86,9 +91,8 @@ def _record(layer: Layer, widths: Mapping[int, int]) -> LayerRecord:
         raise CostModelError(f"features: unknown layer kind {layer.kind!r} in layer {layer.name!r}")
     nbytes = float(layer.bytes_weights + layer.bytes_in + layer.bytes_out)
     ops = 1
-    m = _GATHER_NAME.match(layer.name) if kind == "gather" else None
-    if m and int(m.group(1)) in widths:
-        c, i = int(m.group(1)), int(m.group(2))
+    c, i = layer.cell, layer.index
+    if kind == "gather" and layer.role == "gather" and c is not None and c in widths and i is not None:
         w = widths[c]
         s = layer.in_ch - w
         plane = 4 * layer.h_in * layer.w_in
@@ -96,19 +100,23 @@ def _record(layer: Layer, widths: Mapping[int, int]) -> LayerRecord:
         nbytes = float(plane * (2 * pool + 2 * s + 2 * (w + s)))
         ops = 3 if i > 2 else 2
     return LayerRecord(
-        kind,
-        float(layer.macs),
-        nbytes,
-        float(layer.bytes_weights),
-        ops,
-        layer.in_ch,
-        layer.out_ch,
-        layer.kernel,
-        layer.h_in * layer.w_in,
-        layer.h_out * layer.w_out,
-        layer.name,
-        layer.groups,
-        layer.w_out,
+        kind=kind,
+        macs=float(layer.macs),
+        bytes=nbytes,
+        bytes_weights=float(layer.bytes_weights),
+        ops=ops,
+        in_ch=layer.in_ch,
+        out_ch=layer.out_ch,
+        kernel=layer.kernel,
+        hw_in=layer.h_in * layer.w_in,
+        hw_out=layer.h_out * layer.w_out,
+        name=layer.name,
+        groups=layer.groups,
+        w_out=layer.w_out,
+        section=layer.section,
+        cell=layer.cell,
+        index=layer.index,
+        role=layer.role,
     )
 
 

@@ -72,7 +72,6 @@ operators (BatchNorm, the gather/concat of skips, pooling) reach very different 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,7 +166,9 @@ def expand_ops(b: LayerBatch, conv_algorithm: str) -> _Ops:
 
 # ------------------------------------------------------------------ onnxruntime's graph, simulated
 
-_DENSE_NAME = re.compile(r"^c(\d+)\.l(\d+)\.(conv|gather|bn)$")
+#: Roles of the layers of a dense ``regular`` cell and of its head (:attr:`LayerRecord.role`).
+_DENSE_ROLES: tuple[str, ...] = ("conv", "gather", "bn")
+_HEAD_ROLES: tuple[str, ...] = ("bn", "pool", "fc")
 
 
 def _blocked_input(in_ch: int, block: int) -> bool:
@@ -208,11 +209,10 @@ def ort_graph_ops(table: Sequence[LayerRecord], block: int, edge_cost: float) ->
     cells: dict[int, dict[int, dict[str, LayerRecord]]] = {}
     head: dict[str, LayerRecord] = {}
     for r in table:
-        m = _DENSE_NAME.match(r.name)
-        if m:
-            cells.setdefault(int(m.group(1)), {}).setdefault(int(m.group(2)), {})[m.group(3)] = r
-        elif r.name in ("head.bn", "head.pool", "head.fc"):
-            head[r.name[5:]] = r
+        if r.section == "body" and r.cell is not None and r.index is not None and r.role in _DENSE_ROLES:
+            cells.setdefault(r.cell, {}).setdefault(r.index, {})[r.role] = r
+        elif r.section == "head" and r.role in _HEAD_ROLES:
+            head[r.role] = r
         else:
             return None
     if not cells or set(head) != {"bn", "pool", "fc"}:

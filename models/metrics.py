@@ -141,9 +141,17 @@ def dense_metrics(
 # ---------------------------------------------------------------------------- per-layer tables
 
 
+#: Where a layer sits in the network (:attr:`Layer.section`).
+SECTIONS: tuple[str, ...] = ("stem", "body", "head")
+
+
 @dataclass(frozen=True)
 class Layer:
-    """One operator of a network with its analytic costs (batch 1, float32)."""
+    """One operator of a network with its analytic costs (batch 1, float32).
+
+    Its place in the network is structured data (``section``, ``cell``, ``index``, ``role``);
+    ``name`` (``c0.l3.conv``, ``s1.b0.down``, ``head.fc``) is for people and is never parsed.
+    """
 
     name: str
     kind: str  # conv, pointwise, depthwise, grouped, linear, bn, gather, pool, add
@@ -158,6 +166,20 @@ class Layer:
     w_out: int
     params: int
     macs: int
+    #: ``stem``, ``body`` (the repeated cells) or ``head`` (:data:`SECTIONS`).
+    section: str
+    #: In the body: the cell the layer belongs to (a dense/mlp cell, a ResNet stage, a
+    #: MobileNetV2 stage, i.e. a row of its ``setting``); ``None`` in the stem and the head.
+    cell: int | None
+    #: In the body: the layer's position in its cell (dense/mlp: layer ``i``; ResNet, MobileNetV2:
+    #: the block within the stage); ``None`` in the stem and the head.
+    index: int | None
+    #: The operator's job in its layer, block, stem or head: ``conv``, ``bn``, ``gather`` (dense
+    #: ``regular``); ``pw1``, ``bn1``, ``dw``, ``bn2``, ``pw2`` (dense ``depthwise``); ``fc`` (mlp,
+    #: head); ``conv1``..``conv3``, ``bn1``..``bn3``, ``down``, ``down_bn``, ``add`` (ResNet);
+    #: ``expand``, ``bn0``, ``dw``, ``bn1``, ``project``, ``bn2``, ``add`` (MobileNetV2); ``conv``,
+    #: ``bn``, ``pool`` (stem, head).
+    role: str
 
     @property
     def bytes_weights(self) -> int:
@@ -177,8 +199,65 @@ class Layer:
         return d
 
 
+@dataclass(frozen=True)
+class _At:
+    """A place in the network: the structured fields of its layers and the prefix of their names."""
+
+    prefix: str
+    section: str
+    cell: int | None = None
+    index: int | None = None
+
+    def place(self, role: str) -> dict[str, Any]:
+        return {
+            "name": f"{self.prefix}.{role}",
+            "section": self.section,
+            "cell": self.cell,
+            "index": self.index,
+            "role": role,
+        }
+
+
+_STEM = _At("stem", "stem")
+_HEAD = _At("head", "head")
+
+
+def _op(
+    at: _At,
+    role: str,
+    kind: str,
+    cin: int,
+    cout: int,
+    k: int,
+    s: int,
+    groups: int,
+    h: int,
+    w: int,
+    ho: int,
+    wo: int,
+    params: int,
+    macs: int,
+) -> Layer:
+    return Layer(
+        kind=kind,
+        in_ch=cin,
+        out_ch=cout,
+        kernel=k,
+        stride=s,
+        groups=groups,
+        h_in=h,
+        w_in=w,
+        h_out=ho,
+        w_out=wo,
+        params=params,
+        macs=macs,
+        **at.place(role),
+    )
+
+
 def _conv(
-    name: str,
+    at: _At,
+    role: str,
     cin: int,
     cout: int,
     k: int,
@@ -197,15 +276,15 @@ def _conv(
         kind = "pointwise" if k == 1 else "conv"
     else:
         kind = "depthwise" if groups == cin == cout else "grouped"
-    return Layer(name, kind, cin, cout, k, s, groups, h, w, ho, wo, params, macs), ho, wo
+    return _op(at, role, kind, cin, cout, k, s, groups, h, w, ho, wo, params, macs), ho, wo
 
 
-def _bn(name: str, c: int, h: int, w: int) -> Layer:
-    return Layer(name, "bn", c, c, 1, 1, 1, h, w, h, w, 2 * c, 0)
+def _bn(at: _At, role: str, c: int, h: int, w: int) -> Layer:
+    return _op(at, role, "bn", c, c, 1, 1, 1, h, w, h, w, 2 * c, 0)
 
 
-def _linear(name: str, cin: int, cout: int) -> Layer:
-    return Layer(name, "linear", cin, cout, 1, 1, 1, 1, 1, 1, 1, cin * cout + cout, cin * cout)
+def _linear(at: _At, role: str, cin: int, cout: int) -> Layer:
+    return _op(at, role, "linear", cin, cout, 1, 1, 1, 1, 1, 1, 1, cin * cout + cout, cin * cout)
 
 
 def _dense_layers(spec: DenseSpec) -> list[Layer]:
@@ -214,6 +293,7 @@ def _dense_layers(spec: DenseSpec) -> list[Layer]:
     for c, cell in enumerate(spec.cells):
         wc = cell.width
         for i in range(cell.depth):
+            at = _At(f"c{c}.l{i}", "body", c, i)
             stride = 2 if (c > 0 and i == 0) else 1
             if i == 0:
                 in_ch = cin
@@ -223,27 +303,26 @@ def _dense_layers(spec: DenseSpec) -> list[Layer]:
                 s = len(spec.skips[c][i])
                 in_ch = wc + s
                 if s:
-                    out.append(Layer(f"c{c}.l{i}.gather", "gather", in_ch, in_ch, 1, 1, 1, h, w, h, w, 0, 0))
-            pre = f"c{c}.l{i}"
+                    out.append(_op(at, "gather", "gather", in_ch, in_ch, 1, 1, 1, h, w, h, w, 0, 0))
             if not (c == 0 and i == 0):
-                out.append(_bn(f"{pre}.bn", in_ch, h, w))
+                out.append(_bn(at, "bn", in_ch, h, w))
             if spec.conv == "regular":
-                layer, h2, w2 = _conv(f"{pre}.conv", in_ch, wc, 3, stride, h, w)
+                layer, h2, w2 = _conv(at, "conv", in_ch, wc, 3, stride, h, w)
                 out.append(layer)
             else:
-                pw1, _, _ = _conv(f"{pre}.pw1", in_ch, wc, 1, 1, h, w)
+                pw1, _, _ = _conv(at, "pw1", in_ch, wc, 1, 1, h, w)
                 out.append(pw1)
-                out.append(_bn(f"{pre}.bn1", wc, h, w))
-                dw, h2, w2 = _conv(f"{pre}.dw", wc, wc, 3, stride, h, w, groups=wc)
+                out.append(_bn(at, "bn1", wc, h, w))
+                dw, h2, w2 = _conv(at, "dw", wc, wc, 3, stride, h, w, groups=wc)
                 out.append(dw)
-                out.append(_bn(f"{pre}.bn2", wc, h2, w2))
-                pw2, _, _ = _conv(f"{pre}.pw2", wc, wc, 1, 1, h2, w2)
+                out.append(_bn(at, "bn2", wc, h2, w2))
+                pw2, _, _ = _conv(at, "pw2", wc, wc, 1, 1, h2, w2)
                 out.append(pw2)
             h, w = h2, w2
         cin = wc
-    out.append(_bn("head.bn", cin, h, w))
-    out.append(Layer("head.pool", "pool", cin, cin, h, 1, 1, h, w, 1, 1, 0, 0))
-    out.append(_linear("head.fc", cin, spec.num_classes))
+    out.append(_bn(_HEAD, "bn", cin, h, w))
+    out.append(_op(_HEAD, "pool", "pool", cin, cin, h, 1, 1, h, w, 1, 1, 0, 0))
+    out.append(_linear(_HEAD, "fc", cin, spec.num_classes))
     return out
 
 
@@ -252,6 +331,7 @@ def _mlp_layers(spec: MlpSpec) -> list[Layer]:
     cin = spec.input_shape[0]
     for c, cell in enumerate(spec.cells):
         for i in range(cell.depth):
+            at = _At(f"c{c}.l{i}", "body", c, i)
             if i == 0:
                 in_ch = cin
             elif i == 1:
@@ -260,10 +340,10 @@ def _mlp_layers(spec: MlpSpec) -> list[Layer]:
                 s = len(spec.skips[c][i])
                 in_ch = cell.width + s
                 if s:
-                    out.append(Layer(f"c{c}.l{i}.gather", "gather", in_ch, in_ch, 1, 1, 1, 1, 1, 1, 1, 0, 0))
-            out.append(_linear(f"c{c}.l{i}.fc", in_ch, cell.width))
+                    out.append(_op(at, "gather", "gather", in_ch, in_ch, 1, 1, 1, 1, 1, 1, 1, 0, 0))
+            out.append(_linear(at, "fc", in_ch, cell.width))
         cin = cell.width
-    out.append(_linear("head.fc", cin, spec.num_classes))
+    out.append(_linear(_HEAD, "fc", cin, spec.num_classes))
     return out
 
 
@@ -271,42 +351,42 @@ def _resnet_layers(spec: ResNetSpec) -> list[Layer]:
     out: list[Layer] = []
     c0, h, w = spec.input_shape
     stem = spec.stem_width
-    layer, h, w = _conv("stem.conv", c0, stem, 7, 2, h, w, pad=3)
-    out += [layer, _bn("stem.bn", stem, h, w)]
+    layer, h, w = _conv(_STEM, "conv", c0, stem, 7, 2, h, w, pad=3)
+    out += [layer, _bn(_STEM, "bn", stem, h, w)]
     ho, wo = conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
-    out.append(Layer("stem.pool", "pool", stem, stem, 3, 2, 1, h, w, ho, wo, 0, 0))
+    out.append(_op(_STEM, "pool", "pool", stem, stem, 3, 2, 1, h, w, ho, wo, 0, 0))
     h, w = ho, wo
     inplanes = stem
     exp = 1 if spec.block == "basic" else 4
     for k, (planes, n) in enumerate(zip(spec.stage_planes(), spec.layers)):
         for b in range(n):
             stride = 2 if (k > 0 and b == 0) else 1
-            pre = f"s{k}.b{b}"
+            at = _At(f"s{k}.b{b}", "body", k, b)
             if spec.block == "basic":
-                l1, h1, w1 = _conv(f"{pre}.conv1", inplanes, planes, 3, stride, h, w)
-                l2, _, _ = _conv(f"{pre}.conv2", planes, planes, 3, 1, h1, w1)
-                out += [l1, _bn(f"{pre}.bn1", planes, h1, w1), l2, _bn(f"{pre}.bn2", planes, h1, w1)]
+                l1, h1, w1 = _conv(at, "conv1", inplanes, planes, 3, stride, h, w)
+                l2, _, _ = _conv(at, "conv2", planes, planes, 3, 1, h1, w1)
+                out += [l1, _bn(at, "bn1", planes, h1, w1), l2, _bn(at, "bn2", planes, h1, w1)]
             else:
                 width = int(planes * spec.width_per_group / 64) * spec.groups
-                l1, _, _ = _conv(f"{pre}.conv1", inplanes, width, 1, 1, h, w)
-                l2, h1, w1 = _conv(f"{pre}.conv2", width, width, 3, stride, h, w, groups=spec.groups)
-                l3, _, _ = _conv(f"{pre}.conv3", width, planes * exp, 1, 1, h1, w1)
+                l1, _, _ = _conv(at, "conv1", inplanes, width, 1, 1, h, w)
+                l2, h1, w1 = _conv(at, "conv2", width, width, 3, stride, h, w, groups=spec.groups)
+                l3, _, _ = _conv(at, "conv3", width, planes * exp, 1, 1, h1, w1)
                 out += [
                     l1,
-                    _bn(f"{pre}.bn1", width, h, w),
+                    _bn(at, "bn1", width, h, w),
                     l2,
-                    _bn(f"{pre}.bn2", width, h1, w1),
+                    _bn(at, "bn2", width, h1, w1),
                     l3,
-                    _bn(f"{pre}.bn3", planes * exp, h1, w1),
+                    _bn(at, "bn3", planes * exp, h1, w1),
                 ]
             if stride != 1 or inplanes != planes * exp:
-                ld, _, _ = _conv(f"{pre}.down", inplanes, planes * exp, 1, stride, h, w, pad=0)
-                out += [ld, _bn(f"{pre}.down_bn", planes * exp, h1, w1)]
-            out.append(Layer(f"{pre}.add", "add", planes * exp, planes * exp, 1, 1, 1, h1, w1, h1, w1, 0, 0))
+                ld, _, _ = _conv(at, "down", inplanes, planes * exp, 1, stride, h, w, pad=0)
+                out += [ld, _bn(at, "down_bn", planes * exp, h1, w1)]
+            out.append(_op(at, "add", "add", planes * exp, planes * exp, 1, 1, 1, h1, w1, h1, w1, 0, 0))
             inplanes = planes * exp
             h, w = h1, w1
-    out.append(Layer("head.pool", "pool", inplanes, inplanes, h, 1, 1, h, w, 1, 1, 0, 0))
-    out.append(_linear("head.fc", inplanes, spec.num_classes))
+    out.append(_op(_HEAD, "pool", "pool", inplanes, inplanes, h, 1, 1, h, w, 1, 1, 0, 0))
+    out.append(_linear(_HEAD, "fc", inplanes, spec.num_classes))
     return out
 
 
@@ -314,25 +394,27 @@ def _mobilenetv2_layers(spec: MobileNetV2Spec) -> list[Layer]:
     out: list[Layer] = []
     c0, h, w = spec.input_shape
     stem = spec.stem_width
-    layer, h, w = _conv("stem.conv", c0, stem, 3, 2, h, w)
-    out += [layer, _bn("stem.bn", stem, h, w)]
-    for b, (inp, oup, stride, t) in enumerate(spec.blocks()):
+    layer, h, w = _conv(_STEM, "conv", c0, stem, 3, 2, h, w)
+    out += [layer, _bn(_STEM, "bn", stem, h, w)]
+    # (stage, block within the stage) of every block, in the order of spec.blocks()
+    places = [(row, k) for row, (_, _, n, _) in enumerate(spec.setting) for k in range(n)]
+    for b, ((inp, oup, stride, t), (row, k)) in enumerate(zip(spec.blocks(), places)):
         hidden = int(round(inp * t))
-        pre = f"b{b}"
+        at = _At(f"b{b}", "body", row, k)
         h_in, w_in = h, w
         if t != 1:
-            lx, _, _ = _conv(f"{pre}.expand", inp, hidden, 1, 1, h, w)
-            out += [lx, _bn(f"{pre}.bn0", hidden, h, w)]
-        ld, h, w = _conv(f"{pre}.dw", hidden, hidden, 3, stride, h, w, groups=hidden)
-        lp, _, _ = _conv(f"{pre}.project", hidden, oup, 1, 1, h, w)
-        out += [ld, _bn(f"{pre}.bn1", hidden, h, w), lp, _bn(f"{pre}.bn2", oup, h, w)]
+            lx, _, _ = _conv(at, "expand", inp, hidden, 1, 1, h, w)
+            out += [lx, _bn(at, "bn0", hidden, h, w)]
+        ld, h, w = _conv(at, "dw", hidden, hidden, 3, stride, h, w, groups=hidden)
+        lp, _, _ = _conv(at, "project", hidden, oup, 1, 1, h, w)
+        out += [ld, _bn(at, "bn1", hidden, h, w), lp, _bn(at, "bn2", oup, h, w)]
         if stride == 1 and inp == oup:
-            out.append(Layer(f"{pre}.add", "add", oup, oup, 1, 1, 1, h_in, w_in, h, w, 0, 0))
+            out.append(_op(at, "add", "add", oup, oup, 1, 1, 1, h_in, w_in, h, w, 0, 0))
     last = spec.head_width
-    lc, _, _ = _conv("head.conv", spec.blocks()[-1][1], last, 1, 1, h, w)
-    out += [lc, _bn("head.bn", last, h, w)]
-    out.append(Layer("head.pool", "pool", last, last, h, 1, 1, h, w, 1, 1, 0, 0))
-    out.append(_linear("head.fc", last, spec.num_classes))
+    lc, _, _ = _conv(_HEAD, "conv", spec.blocks()[-1][1], last, 1, 1, h, w)
+    out += [lc, _bn(_HEAD, "bn", last, h, w)]
+    out.append(_op(_HEAD, "pool", "pool", last, last, h, 1, 1, h, w, 1, 1, 0, 0))
+    out.append(_linear(_HEAD, "fc", last, spec.num_classes))
     return out
 
 

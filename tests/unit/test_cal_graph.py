@@ -100,3 +100,17 @@ def test_auto_recovers_a_simulated_graph_roofline() -> None:
     assert m.report()["conv_algorithm"] == "ort_nchwc16"
     assert m.report()["gflops"]["conv"] == pytest.approx(200.0, rel=0.05)
     assert m.score(specs, y)["within_5"] == 1.0
+
+
+def test_layer_names_are_display_only() -> None:
+    """The records and the simulated graph read the layers' structured fields, not their names."""
+    import dataclasses
+
+    from nnflash.calibration.features import layer_records
+    from nnflash.models.metrics import layer_table
+
+    spec = _spec([(4, 16, 5), (3, 16, 3), (3, 32, 0)])
+    renamed = [dataclasses.replace(r, name=f"op{j}") for j, r in enumerate(layer_table(spec))]
+    a, b = layer_records(spec), layer_records(renamed)
+    assert [dataclasses.replace(r, name="") for r in a] == [dataclasses.replace(r, name="") for r in b]
+    assert ort_graph_ops(a, 16, 2.0) == ort_graph_ops(b, 16, 2.0) is not None

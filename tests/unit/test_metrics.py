@@ -119,3 +119,39 @@ def test_layer_table_bytes():
     assert stem.bytes_weights == 4 * 9 * 3 * 4
     assert any(r.kind == "gather" for r in rows)
     assert sum(r.params for r in rows) == compute_metrics(s)["params"]
+
+
+def test_layers_say_where_they_are():
+    s = parse_spec({"family": "dense", "cells": [{"depth": 3, "width": 4, "tc": 2}] * 2, "input_shape": [3, 8, 8]})
+    rows = layer_table(s)
+    gather = next(r for r in rows if r.kind == "gather")
+    assert (gather.section, gather.cell, gather.index, gather.role) == ("body", 0, 2, "gather")
+    assert [(r.cell, r.index, r.role) for r in rows if r.section == "body"][:3] == [
+        (0, 0, "conv"),
+        (0, 1, "bn"),
+        (0, 1, "conv"),
+    ]
+    assert [(r.section, r.cell, r.index, r.role) for r in rows[-3:]] == [
+        ("head", None, None, "bn"),
+        ("head", None, None, "pool"),
+        ("head", None, None, "fc"),
+    ]
+    resnet = layer_table(preset("resnet18"))
+    assert {(r.section, r.role) for r in resnet if r.section != "body"} == {
+        ("stem", "conv"),
+        ("stem", "bn"),
+        ("stem", "pool"),
+        ("head", "pool"),
+        ("head", "fc"),
+    }
+    down = [(r.cell, r.index) for r in resnet if r.role == "down"]
+    assert down == [(1, 0), (2, 0), (3, 0)]
+    mb = preset("mobilenet_v2")
+    blocks = sorted({(r.cell, r.index) for r in layer_table(mb) if r.section == "body"})
+    assert blocks == [(row, k) for row, (_, _, n, _) in enumerate(mb.setting) for k in range(n)]
+    for spec in (s, preset("resnet18"), mb):
+        for r in layer_table(spec):
+            assert r.section in ("stem", "body", "head")
+            assert (r.cell is None) == (r.index is None) == (r.section != "body")
+            assert r.name.endswith("." + r.role)  # the name is for display, derived from the fields
+            assert r.to_dict()["role"] == r.role
