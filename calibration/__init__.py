@@ -9,14 +9,27 @@ Every cost model takes *specs* as ``X`` (see :mod:`nnflash.calibration.base`)::
     load_model("cost.json").predict(new_specs)
 """
 
-from nnflash.calibration.base import CostModel
+from nnflash.calibration.base import (
+    COST_MODELS,
+    CostModel,
+    check_compatible,
+    load_model,
+    make_model,
+    model_from_dict,
+    register_cost_model,
+)
 from nnflash.calibration.crossval import cross_val_predict, cross_validate, report_metrics
-from nnflash.calibration.energy import EnergyModel
 from nnflash.calibration.errors import CostModelError
 from nnflash.calibration.features import feature_matrix, feature_names, features
-from nnflash.calibration.linear import LinearLatencyModel, MacsOnlyModel
-from nnflash.calibration.registry import COST_MODELS, check_compatible, load_model, make_model, model_from_dict
+
+# Importing a cost model's module registers it (base.register_cost_model); this order is the
+# order of COST_MODELS (the default, roofline, first).
+# isort: off
 from nnflash.calibration.roofline import RooflineLatencyModel
+from nnflash.calibration.linear import LinearLatencyModel, MacsOnlyModel
+from nnflash.calibration.energy import EnergyModel
+
+# isort: on
 
 __all__ = [
     "COST_MODELS",
@@ -35,5 +48,6 @@ __all__ = [
     "load_model",
     "make_model",
     "model_from_dict",
+    "register_cost_model",
     "report_metrics",
 ]

@@ -17,12 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from nnflash.calibration.base import CostModel, check_target
+from nnflash.calibration.base import (
+    COST_MODELS,
+    CostModel,
+    check_target,
+    make_model,
+    model_from_dict,
+    register_cost_model,
+)
 from nnflash.calibration.errors import CostModelError
 from nnflash.calibration.features import LayerRecord
-from nnflash.calibration.linear import _relative_nnls
+from nnflash.calibration.fitting import relative_nnls
 
 
+@register_cost_model
 class EnergyModel(CostModel):
     """Energy per inference in mJ (see the module docstring)."""
 
@@ -35,8 +43,6 @@ class EnergyModel(CostModel):
         self.latency_model = latency_model
 
     def _validate_params(self) -> None:
-        from nnflash.calibration.registry import COST_MODELS
-
         lm = COST_MODELS.get(self.latency_model)
         if lm is None or lm.target != "latency_ms":
             known = [k for k, v in COST_MODELS.items() if v.target == "latency_ms"]
@@ -49,11 +55,9 @@ class EnergyModel(CostModel):
         return np.column_stack([latency_ms, macs * 1e-9, nbytes * 1e-9])
 
     def _fit(self, tables: list[list[LayerRecord]], y: np.ndarray, **kw: Any) -> None:
-        from nnflash.calibration.registry import make_model
-
         latency = kw["latency_ms"]
         self.latency_model_ = make_model(self.latency_model).fit(tables, latency)
-        c = _relative_nnls(self._design(tables, latency), y)
+        c = relative_nnls(self._design(tables, latency), y)
         self.idle_power_w_, self.pj_per_mac_, self.pj_per_byte_ = (float(v) for v in c)
 
     def _predict(self, tables: list[list[LayerRecord]], **kw: Any) -> np.ndarray:
@@ -87,8 +91,6 @@ class EnergyModel(CostModel):
         }
 
     def _set_state(self, state: Mapping[str, Any]) -> None:
-        from nnflash.calibration.registry import model_from_dict
-
         self.idle_power_w_ = float(state["idle_power_w"])
         self.pj_per_mac_ = float(state["pj_per_mac"])
         self.pj_per_byte_ = float(state["pj_per_byte"])

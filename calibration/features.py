@@ -171,7 +171,8 @@ def feature_names() -> list[str]:
     return names
 
 
-def _vector(records: Sequence[LayerRecord]) -> np.ndarray:
+def feature_vector(records: Sequence[LayerRecord]) -> np.ndarray:
+    """The feature vector of one layer-record list (names: :func:`feature_names`)."""
     macs = dict.fromkeys(KINDS, 0.0)
     nbytes = dict.fromkeys(KINDS, 0.0)
     ops = dict.fromkeys(KINDS, 0.0)
@@ -199,7 +200,7 @@ def _vector(records: Sequence[LayerRecord]) -> np.ndarray:
 
 def features(spec: Any) -> np.ndarray:
     """The feature vector of one spec (names: :func:`feature_names`)."""
-    return _vector(layer_records(spec))
+    return feature_vector(layer_records(spec))
 
 
 def feature_matrix(specs: Iterable[Any]) -> np.ndarray:

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
 
-from nnflash.calibration.base import CostModel
+from nnflash.calibration.base import CostModel, register_cost_model
 from nnflash.calibration.errors import CostModelError
-from nnflash.calibration.features import LayerRecord, _vector, feature_names
+from nnflash.calibration.features import LayerRecord, feature_names, feature_vector
+from nnflash.calibration.fitting import relative_nnls
 
 #: Default columns of :class:`LinearLatencyModel` (the per-kind totals are sums of these).
 DEFAULT_LINEAR_FEATURES: tuple[str, ...] = tuple(
@@ -24,20 +24,7 @@ DEFAULT_LINEAR_FEATURES: tuple[str, ...] = tuple(
 ) + ("ops_total",)
 
 
-def _relative_nnls(a: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> np.ndarray:
-    """``argmin_{c >= 0} sum_i ((a_i . c) / y_i - 1)^2 + ridge * |s * c|^2`` (columns scaled)."""
-    ar = a / y[:, None]
-    scale = np.abs(ar).max(0)
-    scale = np.where(scale > 0, scale, 1.0)
-    m = ar / scale
-    rhs = np.ones(len(y))
-    if ridge > 0:
-        m = np.vstack([m, np.sqrt(ridge) * np.eye(m.shape[1])])
-        rhs = np.concatenate([rhs, np.zeros(m.shape[1])])
-    c, _ = nnls(m, rhs, maxiter=50 * m.shape[1])
-    return c / scale
-
-
+@register_cost_model
 class LinearLatencyModel(CostModel):
     """``latency_ms = sum_j c_j * feature_j + intercept_ms`` with every ``c_j >= 0`` (baseline)."""
 
@@ -62,11 +49,11 @@ class LinearLatencyModel(CostModel):
     def _design(self, tables: list[list[LayerRecord]]) -> np.ndarray:
         names = feature_names()
         idx = [names.index(f) for f in self._columns()]
-        f = np.stack([_vector(t) for t in tables])[:, idx]
+        f = np.stack([feature_vector(t) for t in tables])[:, idx]
         return np.hstack([f, np.ones((len(tables), 1))])
 
     def _fit(self, tables: list[list[LayerRecord]], y: np.ndarray, **kw: Any) -> None:
-        c = _relative_nnls(self._design(tables), y, float(self.ridge))
+        c = relative_nnls(self._design(tables), y, float(self.ridge))
         self.coef_ = c[:-1]
         self.intercept_ms_ = float(c[-1])
         self.feature_names_ = self._columns()
@@ -89,6 +76,7 @@ class LinearLatencyModel(CostModel):
             raise CostModelError("linear: saved coefficients do not match the saved features")
 
 
+@register_cost_model
 class MacsOnlyModel(CostModel):
     """``latency_ms = ms_per_gmac * GMACs + intercept_ms`` (the "MACs alone" baseline)."""
 
@@ -104,7 +92,7 @@ class MacsOnlyModel(CostModel):
 
     def _fit(self, tables: list[list[LayerRecord]], y: np.ndarray, **kw: Any) -> None:
         g = self._gmacs(tables)
-        c = _relative_nnls(np.column_stack([g, np.ones_like(g)]), y)
+        c = relative_nnls(np.column_stack([g, np.ones_like(g)]), y)
         self.ms_per_gmac_ = float(c[0])
         self.intercept_ms_ = float(c[1])
 

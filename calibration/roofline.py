@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
-from nnflash.calibration.base import CostModel
+from nnflash.calibration.base import CostModel, register_cost_model
 from nnflash.calibration.errors import CostModelError
 from nnflash.calibration.features import KIND_INDEX, KINDS, LayerBatch, LayerRecord, layer_batch
 
@@ -341,6 +341,7 @@ def ort_ops(tables: Sequence[Sequence[LayerRecord]], block: int, edge_cost: floa
     )
 
 
+@register_cost_model
 class RooflineLatencyModel(CostModel):
     """Per-operator roofline with per-kind effective rates (see the module docstring)."""
 

@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from nnflash.calibration.base import CostModel
+from nnflash.calibration.base import CostModel, make_model
 from nnflash.calibration.crossval import cross_val_predict, report_metrics
 from nnflash.calibration.errors import CostModelError
-from nnflash.calibration.registry import make_model
 from nnflash.calibration.select import cover, most_uncertain, plan_budget
 
 ProfileFn = Callable[[list[Any]], Sequence[Mapping[str, Any]]]

@@ -154,3 +154,22 @@ def test_registry_is_complete() -> None:
     assert set(COST_MODELS) == {"roofline", "linear", "macs", "energy"}
     with pytest.raises(CostModelError, match="unknown cost model"):
         make_model("forest")
+
+
+def test_registration_refuses_a_second_class_for_a_kind_and_an_empty_kind() -> None:
+    from nnflash.calibration import CostModel, register_cost_model
+
+    before = dict(COST_MODELS)
+
+    class Impostor(CostModel):
+        kind = "roofline"
+
+    class Nameless(CostModel):
+        pass
+
+    with pytest.raises(TypeError, match="registered twice"):
+        register_cost_model(Impostor)
+    with pytest.raises(TypeError, match="non-empty kind"):
+        register_cost_model(Nameless)
+    assert COST_MODELS == before
+    assert register_cost_model(COST_MODELS["macs"]) is COST_MODELS["macs"]  # registering again is harmless
