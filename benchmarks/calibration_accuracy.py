@@ -7,14 +7,15 @@ a cost model is fitted, and 100 random held-out models of the space are predicte
 same measurements and reported side by side; then the roofline at budgets 5, 10, 15, 25, 50, and
 25 random draws instead of the selector.
 
-Measurement (the same for training and test models): :mod:`nnflash.calibration.timing` -- every model
-exported to ONNX (opset 17), one onnxruntime session with ``intra_op_num_threads=1`` and sequential
-execution, seeded input; models are loaded 30 at a time and visited in shuffled order ``--rounds``
-(5) times; each visit runs 2 warm-up calls, then calls timed with the wall clock
-(``time.perf_counter_ns``) for at least 7 runs and 0.04 s, and its figure is their median; a
-model's latency is the *minimum* of its visit figures (the least-disturbed visit; at least 0.2 s of
-timed runs in all). Results are cached (``--cache``, default ``/tmp/nnflash-calibration-cache``) by
-spec id, so reruns only fit.
+Measurement (the same for training and test models): ``benchmarks/direct_timing.py``, which
+times models in this process and bypasses the agent (the product path, through the agent, is
+``benchmarks/calibrate_cli.py``) -- every model exported to ONNX (opset 17), one onnxruntime
+session with ``intra_op_num_threads=1`` and sequential execution, seeded input; models are loaded
+30 at a time and visited in shuffled order ``--rounds`` (5) times; each visit runs 2 warm-up calls,
+then calls timed with the wall clock (``time.perf_counter_ns``) for at least 7 runs and 0.04 s,
+and its figure is their median; a model's latency is the *minimum* of its visit figures (the
+least-disturbed visit; at least 0.2 s of timed runs in all). Results are cached (``--cache``,
+default ``/tmp/nnflash-calibration-cache``) by spec id, so reruns only fit.
 
 On a shared machine the figures carry the neighbours' load: models measured minutes apart (the test
 set first, then each round of the selector) can be slowed by different amounts, which no cost model
@@ -39,8 +40,11 @@ import numpy as np
 from nnflash.calibration import make_model
 from nnflash.calibration.crossval import cross_validate, format_metrics, plot_predicted_vs_measured
 from nnflash.calibration.select import select_specs
-from nnflash.calibration.timing import export_onnx, time_onnx
 from nnflash.models.space import get_space
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.direct_timing import export_onnx, time_onnx  # noqa: E402
 
 TEST_SEED = 20240611
 POOL_SEED = 1

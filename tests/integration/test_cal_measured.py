@@ -1,6 +1,11 @@
-"""Fit cost models on a handful of small models really measured with onnxruntime (one thread)."""
+"""Fit cost models on a handful of small models really measured with onnxruntime (one thread),
+timed directly in this process by ``benchmarks/direct_timing.py`` (not through the agent)."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +14,21 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from nnflash.calibration import LinearLatencyModel, RooflineLatencyModel, load_model  # noqa: E402
-from nnflash.calibration.timing import measure_specs  # noqa: E402
 from nnflash.models.space import get_space  # noqa: E402
 from nnflash.models.spec import Cell, DenseSpec  # noqa: E402
+
+
+def _direct_timing():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "direct_timing.py"
+    spec = importlib.util.spec_from_file_location("direct_timing", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+measure_specs = _direct_timing().measure_specs
 
 
 def _small_specs() -> list[DenseSpec]:

@@ -1,9 +1,15 @@
-"""Direct onnxruntime timing on this machine: the methodology of the calibration benchmark and of
-the integration tests (the product path is the agent, through ``nnflash calibrate``).
+"""Direct onnxruntime timing on this machine, **bypassing the agent**: the methodology of
+``benchmarks/calibration_accuracy.py`` and of ``tests/integration/test_cal_measured.py``.
+
+This is not how nnflash measures. The product path is the agent (``nnflash profile``, ``nnflash
+calibrate``: the counting rule of ``agent/measure.py``, results in the database); this module loads
+models into onnxruntime in this process, with its own counting rule (below), so that a benchmark can
+time hundreds of models interleaved and cache the figures. It lives with the benchmarks, outside the
+cost-model package, and nothing in ``nnflash`` imports it.
 
 Counting rule
 -------------
-Every model is exported to ONNX (``models.export.export_spec``; a plain ``torch.onnx.export`` with
+Every model is exported to ONNX (``nnflash.models.export.export_spec``; a plain ``torch.onnx.export`` with
 the TorchScript exporter, opset 17, when that module is unavailable) and loaded into an onnxruntime
 CPU session with ``intra_op_num_threads = threads``, ``inter_op_num_threads = 1`` and sequential
 execution. The input is one seeded standard-normal batch, reused for every call.
