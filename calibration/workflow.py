@@ -48,7 +48,7 @@ def usable_rows(
     A model measured in several visits (``nnflash calibrate --passes``) gets the **minimum** of
     its visits' medians: on a shared or busy device a disturbance (another process, a burst of
     I/O) lasting a second or more slows a whole visit, always upwards, and the least disturbed
-    visit is the best estimate of the model's own latency (the rule of ``calibration.timing``).
+    visit is the best estimate of the model's own latency (the rule of ``benchmarks/direct_timing.py``).
     Its energy is the median of its visits' energies (visits without one are left out). Models
     keep the order of their first row."""
     visits: dict[str, list[Mapping[str, Any]]] = {}
