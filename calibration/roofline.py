@@ -77,11 +77,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares, nnls
+from scipy.optimize import least_squares
 
 from nnflash.calibration.base import CostModel, register_cost_model
 from nnflash.calibration.errors import CostModelError
 from nnflash.calibration.features import KIND_INDEX, KINDS, LayerBatch, LayerRecord, layer_batch
+from nnflash.calibration.fitting import relative_nnls
 
 #: Operator kinds of the roofline: the layer kinds plus the runtime's implied operators.
 ROOF_KINDS: tuple[str, ...] = KINDS + ("conv_im2col", "im2col", "reorder")
@@ -448,10 +449,7 @@ class RooflineLatencyModel(CostModel):
             groups = [[i] for i in mk]
         mem_cols = [nbytes[:, g].sum(1, keepdims=True) for g in groups]
         # stage 1: additive non-negative fit on relative error gives the starting point
-        a = np.hstack([flops[:, ck], *mem_cols, ops[:, None], np.ones((o.n, 1))]) / y[:, None]
-        scale = np.maximum(a.max(0), 1e-300)
-        coef, _ = nnls(a / scale, np.ones(o.n), maxiter=50 * a.shape[1])
-        coef = coef / scale
+        coef = relative_nnls(np.hstack([flops[:, ck], *mem_cols, ops[:, None], np.ones((o.n, 1))]), y)
         nc, nm = len(ck), len(groups)
 
         def _fill(c: np.ndarray) -> np.ndarray:
