@@ -22,6 +22,10 @@ Devices in a lab often have no internet access, so nothing is downloaded *on the
    device facts and the agent command in the inventory (the CLI does that part).
 
 ``<prefix>`` defaults to ``~/.local/share/nnflash-agent`` of the SSH user.
+
+Every command and upload goes over one :class:`~nnflash.controller.transport.ssh.SSHSession` (the
+transport's exec and SFTP code, host-key rules included) that the caller opens with
+:meth:`SSHConnection.open_session <nnflash.controller.transport.ssh.SSHConnection.open_session>`.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from nnflash.controller.agent_wheel import AGENT_VERSION, agent_dependencies, build_agent_wheel, wheel_name
-from nnflash.controller.errors import NnflashError, TransportError
+from nnflash.controller.errors import NnflashError
 from nnflash.controller.inventory import Device
+from nnflash.controller.transport.ssh import CommandResult, SSHSession
 from nnflash_agent.fileio import sha256_file
 from nnflash_agent.runners import RUNTIMES
 
@@ -51,7 +56,6 @@ __all__ = [
     "InstallError",
     "InstallPlan",
     "InstallReport",
-    "Remote",
     "detect_platform",
     "install_agent",
     "pip_platform_tags",
@@ -73,102 +77,32 @@ class InstallError(NnflashError, RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Remote commands
+# Commands and files on the device, over the transport's SSHSession
 
 
-@dataclass
-class CommandResult:
-    rc: int
-    out: str
-    err: str
+def _python(remote: SSHSession, python: str, code: str, *args: str, timeout_s: float = 120.0) -> CommandResult:
+    """Run ``code`` with the device's ``python`` (the code travels on stdin: no quoting)."""
+    argv = " ".join(shlex.quote(a) for a in args)
+    return remote.run(f"{python} - {argv}", timeout_s=timeout_s, stdin=code.encode())
 
 
-class Remote:
-    """Commands and SFTP on a device over one paramiko client (no agent is started)."""
+def _python_json(remote: SSHSession, python: str, code: str, *args: str, what: str, timeout_s: float = 120.0) -> Any:
+    """:func:`_python`, then the last line of its output read as JSON (``what`` names the job in
+    errors)."""
+    res = _python(remote, python, code, *args, timeout_s=timeout_s)
+    if res.rc != 0:
+        raise InstallError(f"{remote.describe}: {what} failed: {_last_line(res.err) or f'exit code {res.rc}'}")
+    try:
+        return json.loads(res.out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise InstallError(f"{remote.describe}: {what}: unexpected answer {res.out[:200]!r}") from None
 
-    def __init__(self, client: Any, describe: str) -> None:
-        self.client = client
-        self.describe = describe
-        self._sftp: Any = None
 
-    def run(self, command: str, timeout_s: float = 600.0, stdin: Optional[bytes] = None) -> CommandResult:
-        try:
-            chan = self.client.get_transport().open_session(timeout=30)
-            chan.settimeout(timeout_s)
-            chan.exec_command(command)
-            if stdin is not None:
-                chan.sendall(stdin)
-                chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if chan.recv_ready():
-                    out += chan.recv(65536)
-                    continue
-                if chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                    continue
-                if chan.exit_status_ready():
-                    while chan.recv_ready():
-                        out += chan.recv(65536)
-                    while chan.recv_stderr_ready():
-                        err += chan.recv_stderr(65536)
-                    break
-                if time.monotonic() > deadline:
-                    chan.close()
-                    raise InstallError(f"{self.describe}: command timed out after {timeout_s:g} s: {command}")
-                time.sleep(0.02)
-            rc = chan.recv_exit_status()
-            chan.close()
-        except InstallError:
-            raise
-        except Exception as exc:
-            raise TransportError(f"{self.describe}: command failed ({exc}): {command}") from None
-        return CommandResult(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
-
-    def python(self, python: str, code: str, *args: str, timeout_s: float = 120.0) -> CommandResult:
-        """Run ``code`` with the device's ``python`` (the code travels on stdin: no quoting)."""
-        argv = " ".join(shlex.quote(a) for a in args)
-        return self.run(f"{python} - {argv}", timeout_s=timeout_s, stdin=code.encode())
-
-    def python_json(self, python: str, code: str, *args: str, what: str, timeout_s: float = 120.0) -> Any:
-        """:meth:`python`, then the last line of its output read as JSON (``what`` names the job in
-        errors)."""
-        res = self.python(python, code, *args, timeout_s=timeout_s)
-        if res.rc != 0:
-            raise InstallError(f"{self.describe}: {what} failed: {_last_line(res.err) or f'exit code {res.rc}'}")
-        try:
-            return json.loads(res.out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise InstallError(f"{self.describe}: {what}: unexpected answer {res.out[:200]!r}") from None
-
-    @property
-    def sftp(self) -> Any:
-        if self._sftp is None:
-            try:
-                self._sftp = self.client.open_sftp()
-            except Exception as exc:
-                raise TransportError(f"{self.describe}: cannot open SFTP: {exc}") from None
-        return self._sftp
-
-    def put(self, local: Path, remote: str) -> None:
-        tmp = remote + ".part"
-        try:
-            self.sftp.put(str(local), tmp, confirm=True)
-            try:
-                self.sftp.posix_rename(tmp, remote)
-            except OSError:
-                self.sftp.rename(tmp, remote)
-        except Exception as exc:
-            raise TransportError(f"{self.describe}: SFTP upload of {local.name} failed: {exc}") from None
-
-    def close(self) -> None:
-        for obj in (self._sftp, self.client):
-            try:
-                if obj is not None:
-                    obj.close()
-            except Exception:
-                pass
+def _put(remote: SSHSession, local: Path, path: str) -> None:
+    """Upload ``local`` to ``path`` under a temporary name, then rename it into place."""
+    tmp = path + ".part"
+    remote.upload(local, tmp)
+    remote.rename(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,7 +149,7 @@ print(json.dumps({
 """
 
 
-def detect_platform(remote: Remote, python: str = "python3") -> Dict[str, Any]:
+def detect_platform(remote: SSHSession, python: str = "python3") -> Dict[str, Any]:
     """What the device is, from its own Python. Adds ``arch``: the userland architecture (a 32-bit
     userland on a 64-bit ARM kernel is ``armv7l``)."""
     res = remote.run(f"command -v {python}")
@@ -224,7 +158,7 @@ def detect_platform(remote: Remote, python: str = "python3") -> Dict[str, Any]:
             f"{remote.describe}: no {python} on the device; install Python 3.9 or newer "
             "(Raspberry Pi OS ships python3; on Debian: sudo apt install python3 python3-venv)"
         )
-    facts = remote.python_json(python, _DETECT, what=f"detecting the device with {python}")
+    facts = _python_json(remote, python, _DETECT, what=f"detecting the device with {python}")
     machine = str(facts.get("machine") or "")
     arch = machine
     if machine in ("aarch64", "arm64"):
@@ -482,7 +416,7 @@ def resolve_prefix(prefix: str, home: str) -> str:
     return norm
 
 
-def _ship(remote: Remote, wheels: Sequence[Path], wheel_dir: str, progress: Progress) -> int:
+def _ship(remote: SSHSession, wheels: Sequence[Path], wheel_dir: str, progress: Progress) -> int:
     res = remote.run(f"mkdir -p {shlex.quote(wheel_dir)}")
     if res.rc != 0:
         raise InstallError(f"{remote.describe}: cannot create {wheel_dir}: {_last_line(res.err)}")
@@ -493,7 +427,7 @@ def _ship(remote: Remote, wheels: Sequence[Path], wheel_dir: str, progress: Prog
         if present.get(w.name) == wanted[w.name]:
             continue
         progress(f"uploading {w.name} ({w.stat().st_size / 1e6:.1f} MB)")
-        remote.put(w, posixpath.join(wheel_dir, w.name))
+        _put(remote, w, posixpath.join(wheel_dir, w.name))
         uploaded += w.stat().st_size
     after = _remote_hashes(remote, wheel_dir)
     bad = [n for n, h in wanted.items() if after.get(n) != h]
@@ -506,15 +440,15 @@ def _ship(remote: Remote, wheels: Sequence[Path], wheel_dir: str, progress: Prog
     return uploaded
 
 
-def _remote_hashes(remote: Remote, wheel_dir: str) -> Dict[str, str]:
-    data = remote.python_json("python3", _HASHES, wheel_dir, what=f"hashing {wheel_dir}", timeout_s=600)
+def _remote_hashes(remote: SSHSession, wheel_dir: str) -> Dict[str, str]:
+    data = _python_json(remote, "python3", _HASHES, wheel_dir, what=f"hashing {wheel_dir}", timeout_s=600)
     if not isinstance(data, dict):
         raise InstallError(f"{remote.describe}: hashing {wheel_dir}: unexpected answer")
     return {k: v for k, v in data.items() if isinstance(v, str) and _SHA_RE.match(v)}
 
 
-def _read_state(remote: Remote, path: str) -> Optional[Dict[str, Any]]:
-    res = remote.python("python3", _READ_STATE, path)
+def _read_state(remote: SSHSession, path: str) -> Optional[Dict[str, Any]]:
+    res = _python(remote, "python3", _READ_STATE, path)
     try:
         state = json.loads(res.out.strip().splitlines()[-1]) if res.rc == 0 else None
     except (ValueError, IndexError):
@@ -522,7 +456,7 @@ def _read_state(remote: Remote, path: str) -> Optional[Dict[str, Any]]:
     return state if isinstance(state, dict) else None
 
 
-def run_selftest(remote: Remote, venv: str, runtimes: Sequence[str]) -> Dict[str, Any]:
+def run_selftest(remote: SSHSession, venv: str, runtimes: Sequence[str]) -> Dict[str, Any]:
     """The installed agent's ``selftest --json``; every runtime in ``runtimes`` must pass."""
     agent = posixpath.join(venv, "bin", "nnflash-agent")
     res = remote.run(f"{shlex.quote(agent)} selftest --json", timeout_s=900)
@@ -588,7 +522,7 @@ def _sudo(facts: Dict[str, Any]) -> str:
     return "" if facts.get("uid") == 0 else "sudo -n "
 
 
-def _check_service_possible(remote: Remote, facts: Dict[str, Any]) -> None:
+def _check_service_possible(remote: SSHSession, facts: Dict[str, Any]) -> None:
     if not facts.get("systemd"):
         raise InstallError(
             f"{remote.describe}: --service needs systemd running on the device (no /run/systemd/system); "
@@ -601,7 +535,7 @@ def _check_service_possible(remote: Remote, facts: Dict[str, Any]) -> None:
         )
 
 
-def _install_service(remote: Remote, facts: Dict[str, Any], base: str) -> str:
+def _install_service(remote: SSHSession, facts: Dict[str, Any], base: str) -> str:
     user = str(facts.get("user") or "")
     home = str(facts.get("home") or "")
     unit_prefix = base
@@ -621,7 +555,7 @@ def _install_service(remote: Remote, facts: Dict[str, Any], base: str) -> str:
     return instance
 
 
-def _remove_service(remote: Remote, facts: Dict[str, Any]) -> Optional[str]:
+def _remove_service(remote: SSHSession, facts: Dict[str, Any]) -> Optional[str]:
     if remote.run(f"test -e {SERVICE_UNIT_PATH}").rc != 0:
         return None
     sudo = _sudo(facts)
@@ -637,7 +571,7 @@ def _remove_service(remote: Remote, facts: Dict[str, Any]) -> Optional[str]:
 
 
 def install_agent(
-    remote: Remote,
+    remote: SSHSession,
     device: Device,
     *,
     runtimes: Sequence[str],
@@ -748,7 +682,7 @@ def install_agent(
     )
 
 
-def uninstall_agent(remote: Remote, *, prefix: str = DEFAULT_PREFIX, purge: bool = False) -> Dict[str, Any]:
+def uninstall_agent(remote: SSHSession, *, prefix: str = DEFAULT_PREFIX, purge: bool = False) -> Dict[str, Any]:
     """Remove ``<prefix>`` (only if it holds an nnflash agent install) and the long-running agent's
     unit of this user if one was installed; with ``purge`` also the agent's artifact store and
     journal (``~/.cache/nnflash-agent``)."""

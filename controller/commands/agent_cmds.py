@@ -14,20 +14,19 @@ from nnflash.controller.agent_install import (
     DEFAULT_PREFIX,
     METER_EXTRAS,
     InstallError,
-    Remote,
     install_agent,
     uninstall_agent,
 )
 from nnflash.controller.commands.common import connection_options, emit_json, inventory_option, load_inventory
 from nnflash.controller.inventory import DEFAULT_AGENT_COMMAND, Device
-from nnflash.controller.transport import SSHConnection
+from nnflash.controller.transport import SSHConnection, SSHSession
 from nnflash_agent.runners import RUNTIMES
 
 # Facts the installer writes into the inventory (and uninstall removes).
 _FACT_KEYS = ("machine", "os", "python", "glibc", "board", "agent_version", "agent_prefix", "runtimes", "installed_at")
 
 
-def _remote_for(device: Device, accept_new_host_key: bool) -> Remote:
+def _remote_for(device: Device, accept_new_host_key: bool) -> SSHSession:
     if device.is_local:
         raise InstallError(
             "the built-in device 'local' runs the agent from this checkout; nothing to install "
@@ -35,10 +34,10 @@ def _remote_for(device: Device, accept_new_host_key: bool) -> Remote:
         )
     opts = connection_options()
     conn = SSHConnection(device, accept_new_host_key=accept_new_host_key, **opts)
-    client = conn.connect_client()
+    session = conn.open_session()
     if conn.pinned_key:
         click.echo(f"pinned host key of {conn.pinned_key[0]}: {conn.pinned_key[1]} {conn.pinned_key[2]}", err=True)
-    return Remote(client, f"device {device.name} ({conn.user}@{device.host}:{device.port})")
+    return session
 
 
 def _parse_runtimes(text: str) -> tuple[str, ...]:

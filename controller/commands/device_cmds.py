@@ -22,8 +22,7 @@ def pin_host_key(device: Device, **options: Any) -> Optional[tuple[str, str, str
     known. A changed key raises ``HostKeyError`` like every connection does.
     """
     conn = SSHConnection(device, accept_new_host_key=True, **options)
-    client = conn.connect_client()  # the transport's own host-key policy does the pinning
-    client.close()
+    conn.open_session().close()  # the transport's own host-key policy does the pinning
     return conn.pinned_key
 
 

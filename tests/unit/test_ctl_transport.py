@@ -20,10 +20,10 @@ from nnflash.controller.transport import (
     Connection,
     LocalConnection,
     SSHConnection,
-    _Policy,
     fingerprint,
     make_connection,
 )
+from nnflash.controller.transport.hostkeys import _Policy, load_host_keys
 from nnflash_agent import protocol as P
 
 # ---- host-key rules (the policy that paramiko calls for a key it does not know)
@@ -104,9 +104,8 @@ def test_host_known_with_other_key_type_is_a_changed_key(tmp_path: Path, keys: D
 def test_unreadable_known_hosts_is_a_host_key_error(tmp_path: Path) -> None:
     bad = tmp_path / "known_hosts"
     bad.mkdir()  # a directory: cannot be read as a file
-    conn = _conn(tmp_path)
     # a directory is skipped (not a file); an unparsable line is skipped by paramiko
-    assert conn._load_host_keys(bad).keys() == []
+    assert load_host_keys(bad).keys() == []
 
 
 # ---- connection plumbing, with an in-memory agent
@@ -351,7 +350,7 @@ def test_hasher_loop(tmp_path: Path, coreutils: bool) -> None:
     import shutil
     import subprocess
 
-    from nnflash.controller.transport import _HASHER_LOOP
+    from nnflash.controller.transport.ssh import _HASHER_LOOP
 
     a = tmp_path / "a b.bin"
     a.write_bytes(b"hello")
