@@ -31,7 +31,6 @@ Resolution rules:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import shlex
@@ -39,7 +38,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from nnflash.controller.errors import InventoryError
 from nnflash_agent.fileio import atomic_write_text
@@ -64,7 +63,6 @@ INVENTORY_ENV = "NNFLASH_INVENTORY"
 INVENTORY_FILENAME = "devices.toml"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 # Keys a device table may hold, in the order they are written.
 _FIELD_ORDER = (
     "kind",
@@ -257,73 +255,92 @@ def _load_toml_text(text: str) -> Dict[str, Any]:
     return tomllib.loads(text)
 
 
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY_RE.match(key) else _toml_string(key)
+_HEADER = (
+    "nnflash device inventory (written by `nnflash devices`; hand edits are kept).\n"
+    "The built-in device 'local' is not listed here."
+)
 
 
-def _toml_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+def _new_document(header: str = "") -> Any:
+    """An empty ``tomlkit`` document starting with ``header`` as comment lines."""
+    import tomlkit
 
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+    doc = tomlkit.document()
+    if header:
+        for line in header.splitlines():
+            doc.add(tomlkit.comment(line))
+        doc.add(tomlkit.nl())
+    return doc
 
 
 def dump_toml(data: Mapping[str, Any], header: str = "") -> str:
-    """A minimal TOML writer: nested tables of scalars and lists of scalars (all the inventory
-    needs)."""
-    lines: List[str] = []
-    if header:
-        lines.extend(f"# {line}".rstrip() for line in header.splitlines())
-        lines.append("")
+    """``data`` (nested tables of scalars and lists of scalars) as TOML text, ``header`` first as
+    comment lines."""
+    doc = _new_document(header)
+    doc.update(data)
+    return str(doc.as_string())
 
-    def emit(prefix: Tuple[str, ...], table: Mapping[str, Any]) -> None:
-        scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping)]
-        subtables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
-        if prefix and (scalars or not subtables):
-            lines.append("[" + ".".join(_toml_key(p) for p in prefix) + "]")
-        for key, value in scalars:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-        if prefix and (scalars or not subtables):
-            lines.append("")
-        for key, value in subtables:
-            emit(prefix + (key,), value)
 
-    emit((), data)
-    while lines and lines[-1] == "":
-        lines.pop()
-    return "\n".join(lines) + "\n"
+def _plain(value: Any) -> Any:
+    """A ``tomlkit`` item as the plain Python value it holds."""
+    return value.unwrap() if hasattr(value, "unwrap") else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = _plain(a), _plain(b)
+    return type(a) is type(b) and a == b
+
+
+def _new_table(values: Mapping[str, Any]) -> Any:
+    """A ``tomlkit`` table (``[a.b]`` header; nested mappings become sub-tables)."""
+    import tomlkit
+
+    table = tomlkit.table()
+    for key, value in values.items():
+        table[key] = _new_table(value) if isinstance(value, Mapping) else value
+    return table
+
+
+def _sync_table(table: Any, wanted: Mapping[str, Any], keep: Mapping[str, Any]) -> None:
+    """Edit the ``tomlkit`` table ``table`` in place so that it holds ``wanted``, touching only the
+    keys whose values change: comments, order and layout of the rest stay as the user wrote them.
+    A key absent from ``wanted`` is kept when its value equals ``keep[key]`` (a default the user
+    wrote out), else deleted."""
+    for key in list(table.keys()):
+        if key not in wanted and not (key in keep and _same(table[key], keep[key])):
+            del table[key]
+    for key, value in wanted.items():
+        current = table.get(key)
+        if isinstance(value, Mapping):
+            if isinstance(current, Mapping):
+                _sync_table(current, value, {})
+            else:
+                table[key] = _new_table(value)
+        elif current is None or not _same(current, value):
+            table[key] = value
+
+
+def _sync_devices(doc: Any, devices: Mapping[str, Device]) -> None:
+    """Make ``doc``'s ``devices`` table describe ``devices``: removed devices are deleted, changed
+    ones edited key by key, new ones appended (in name order)."""
+    tables = doc.get("devices")
+    if not isinstance(tables, Mapping):
+        import tomlkit
+
+        tables = tomlkit.table(is_super_table=True)
+        doc["devices"] = tables
+    for name in [n for n in tables.keys() if n not in devices]:
+        del tables[name]
+    for name in sorted(devices):
+        dev = devices[name]
+        current = tables.get(name)
+        if not isinstance(current, Mapping):
+            tables[name] = _new_table(dev.to_table())
+            continue
+        keep = {key: getattr(dev, key) for key in _FIELD_ORDER if key != "facts"}
+        if not dev.facts:
+            keep["facts"] = {}
+        _sync_table(current, dev.to_table(), keep)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,6 +403,7 @@ class Inventory:
         self._devices: Dict[str, Device] = {}
         for dev in devices or ():
             self._devices[dev.name] = dev
+        self._text: Optional[str] = None  # the file as loaded (or last saved): what save() edits
 
     # ---- loading / saving
 
@@ -426,7 +444,9 @@ class Inventory:
                     f"inventory {p}: '{LOCAL_DEVICE_NAME}' is the built-in device and cannot be redefined"
                 )
             devices.append(cls._device_from_table(p, name, table))
-        return cls(p, devices, ssh_config_path=ssh_cfg, python=python)
+        inv = cls(p, devices, ssh_config_path=ssh_cfg, python=python)
+        inv._text = text
+        return inv
 
     @staticmethod
     def _device_from_table(path: Path, name: str, table: Any) -> Device:
@@ -450,20 +470,34 @@ class Inventory:
             raise InventoryError(f"inventory {path}: device {name!r}: {exc}") from None
 
     def to_toml(self) -> str:
-        data = {"devices": {name: dev.to_table() for name, dev in sorted(self._devices.items())}}
-        header = (
-            "nnflash device inventory (written by `nnflash devices`; hand edits are kept).\n"
-            "The built-in device 'local' is not listed here."
-        )
-        return dump_toml(data, header=header)
+        """The file's text with the devices as they are now.
+
+        The file as loaded is edited, not rewritten (``tomlkit``): only the tables and keys that
+        changed are touched, so the user's comments, order and layout stay. A new file starts with
+        a header comment."""
+        doc = None
+        if self._text is not None and self._text.strip():
+            import tomlkit
+            from tomlkit.exceptions import ParseError
+
+            try:
+                doc = tomlkit.parse(self._text)
+            except ParseError:  # read by tomllib, refused by tomlkit: write it afresh
+                doc = None
+        if doc is None:
+            doc = _new_document(_HEADER)
+        _sync_devices(doc, self._devices)
+        return str(doc.as_string())
 
     def save(self) -> Path:
         """Write the inventory atomically; returns the path written."""
+        text = self.to_toml()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, self.to_toml())
+            atomic_write_text(self.path, text)
         except OSError as exc:
             raise InventoryError(f"cannot write inventory {self.path}: {exc.strerror or exc}") from None
+        self._text = text
         return self.path
 
     # ---- queries

@@ -63,7 +63,7 @@ def test_import_reads_nothing_from_home(tmp_path: Path) -> None:
     # In a fresh interpreter whose HOME cannot be read, importing must not fail or create files.
     env = dict(os.environ, HOME=str(tmp_path / "no-home"), NNFLASH_INVENTORY="/nonexistent/x.toml")
     env.pop("XDG_CONFIG_HOME", None)
-    code = "import controller.inventory, controller.transport, controller.store"
+    code = "import nnflash.controller.inventory, nnflash.controller.transport, nnflash.controller.store"
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO_ROOT)
     assert not (tmp_path / "no-home").exists()
 
@@ -167,6 +167,60 @@ def test_dump_toml_values() -> None:
         "u": {"v": {"w": 1}},
     }
     assert _load_toml(dump_toml(data)) == data
+
+
+# ---- hand edits survive `devices add` / `devices remove`
+
+HAND_EDITED = """\
+# My lab's devices. Ask Ana before changing pi4.
+# (this comment block is mine)
+
+[devices.pi4]
+host = "10.0.0.4"   # fixed lease on the lab router
+# moved to the shelf by the window in March
+user = "pi"
+port = 22           # written out on purpose
+threads = 4
+
+[devices.pi4.facts]
+board = "Raspberry Pi 4B"  # 4 GB
+
+[devices.old]
+host = "10.0.0.9"
+"""
+
+
+def _cli(*args: str) -> None:
+    from click.testing import CliRunner
+
+    from nnflash.controller.cli import cli
+
+    res = CliRunner().invoke(cli, list(args))
+    assert res.exit_code == 0, res.output
+
+
+def test_devices_add_and_remove_keep_comments_and_hand_edits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.ssh/config of the user
+    path = tmp_path / "devices.toml"
+    path.write_text(HAND_EDITED)
+    _cli("devices", "add", "pi5", "--host", "10.0.0.5", "--threads", "2", "--inventory", str(path))
+    text = path.read_text()
+    assert text.startswith(HAND_EDITED.rstrip("\n"))  # everything the user wrote, as written
+    _cli("devices", "remove", "old", "--inventory", str(path))
+    text = path.read_text()
+    for line in HAND_EDITED.split("[devices.old]")[0].splitlines():
+        assert line in text.splitlines()
+    assert "old" not in _load_toml(text)["devices"]
+    inv = Inventory.load(path)
+    assert inv.names() == ["local", "pi4", "pi5"]
+    assert inv.get("pi5") == Device(name="pi5", host="10.0.0.5", threads=2)
+    assert inv.get("pi4") == Device(name="pi4", host="10.0.0.4", user="pi", threads=4)
+    # a changed device is edited key by key: the other keys keep their comments
+    inv.add(inv.get_raw("pi4").replace(threads=2), replace=True)
+    inv.save()
+    text = path.read_text()
+    assert "# fixed lease on the lab router" in text and "# moved to the shelf" in text
+    assert "threads = 2" in text and 'board = "Raspberry Pi 4B"  # 4 GB' in text
 
 
 # ---- add / remove / get
