@@ -40,22 +40,26 @@ from nnflash.controller.errors import RequestTimeout, TransportError
 from nnflash.controller.inventory import Device
 from nnflash.controller.store import ResultsDB
 from nnflash.models.spec import AnySpec
+from nnflash_agent.measure import OPTION_DEFAULTS
 from nnflash_agent.runners import RUNTIME_FORMATS
 
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """What the agent is asked to do for every model (see ``agent/measure.py`` for the counting rule)."""
+    """What the agent is asked to do for every model (see ``agent/measure.py`` for the counting rule).
+
+    The measurement defaults are the agent's own (``nnflash_agent.measure.OPTION_DEFAULTS``), so a
+    field left at its default asks for what the agent would do anyway."""
 
     runtime: str = "onnxruntime"
-    threads: Optional[int] = None
-    energy: str = "none"
-    repeat: int = 20
-    min_repeat_ms: float = 50.0
-    warmup_runs: int = 1
-    warmup_s: float = 0.5
-    timeout_s: float = 300.0
-    isolate: bool = True
+    threads: Optional[int] = OPTION_DEFAULTS["threads"]
+    energy: str = OPTION_DEFAULTS["energy"]
+    repeat: int = OPTION_DEFAULTS["repeat"]
+    min_repeat_ms: float = OPTION_DEFAULTS["min_repeat_ms"]
+    warmup_runs: int = OPTION_DEFAULTS["warmup_runs"]
+    warmup_s: float = OPTION_DEFAULTS["warmup_s"]
+    timeout_s: float = OPTION_DEFAULTS["timeout_s"]
+    isolate: bool = OPTION_DEFAULTS["isolate"]
     #: how much longer than ``timeout_s`` the controller waits for an answer before it declares the
     #: agent hung and restarts it (the agent enforces ``timeout_s`` itself on an isolated worker)
     answer_margin_s: float = 60.0
