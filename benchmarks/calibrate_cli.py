@@ -28,10 +28,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
 from nnflash.calibration.crossval import format_metrics, report_metrics
 from nnflash.calibration.workflow import usable_rows
-from nnflash.controller.commands.calibration_cmds import _profile
+from nnflash.controller.campaign import MeasureSettings
+from nnflash.controller.commands.campaign_view import ProgressView
+from nnflash.controller.inventory import local_device
+from nnflash.controller.profiling import profile_in_passes
 from nnflash.models.space import get_space
 
 TEST_SEED = 20240611  # the held-out set of benchmarks/calibration_accuracy.py
@@ -94,18 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     trained = set(model.get("metadata", {}).get("training_spec_ids") or [])
     test = [s for s in get_space("flash").sample(args.test, seed=TEST_SEED) if s.spec_id not in trained]
     t1 = time.perf_counter()
-    rows = _profile(
+    heldout_db = work / f"heldout-p{args.heldout_passes}.db"
+    console = Console(stderr=True)
+    done = profile_in_passes(
         test,
-        device="local",
-        runtime="onnxruntime",
-        threads=1,
-        db_path=str(work / f"heldout-p{args.heldout_passes}.db"),
-        inventory=None,
-        energy="none",
+        [local_device()],
+        MeasureSettings(runtime="onnxruntime", threads=1, repeat=HELDOUT_REPEAT, min_repeat_ms=HELDOUT_MIN_REPEAT_MS),
+        heldout_db,
+        work / f"{heldout_db.stem}-artifacts",
         passes=args.heldout_passes,
-        repeat=HELDOUT_REPEAT,
-        min_repeat_ms=HELDOUT_MIN_REPEAT_MS,
+        args={"command": "benchmarks/calibrate_cli.py"},
+        observer_for=lambda k: ProgressView(console, label=f" held out, pass {k + 1}/{args.heldout_passes}"),
     )
+    if done.interrupted_pass is not None:
+        print(f"held-out measurement interrupted in pass {done.interrupted_pass}; rerun to resume")
+        return 130
+    rows = done.rows
     specs, measured, _, skipped = usable_rows({s.spec_id: s for s in test}, rows)
     print(
         f"held out: {len(specs)} models measured through the agent ({args.heldout_passes} passes) in "

@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from sshd_fixture import SSHServer, real_agent_command  # noqa: E402
 
-from nnflash.controller.campaign import Campaign, MeasureSettings  # noqa: E402
+from nnflash.controller.campaign import MeasureSettings  # noqa: E402
 from nnflash.controller.inventory import Device  # noqa: E402
+from nnflash.controller.profiling import run_campaign  # noqa: E402
 from nnflash.controller.store import ResultsDB  # noqa: E402
 from nnflash.controller.transport import make_connection  # noqa: E402
 from nnflash.models.space import get_space  # noqa: E402
@@ -46,11 +47,7 @@ def run(specs, devices, settings, db: Path, art: Path, tmp: Path):
         "pinned_hosts_path": str(tmp / "pinned"),
         "accept_new_host_key": True,
     }
-    store = ResultsDB(db)
-    try:
-        return Campaign(specs, devices, settings, store, art, connect=lambda d: make_connection(d, **opts)).run()
-    finally:
-        store.close()
+    return run_campaign(specs, devices, settings, db, art, connect=lambda d: make_connection(d, **opts))
 
 
 def main() -> None:

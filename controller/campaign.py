@@ -178,6 +178,7 @@ class Campaign:
         max_attempts: int = 2,
         on_result: Optional[Callable[[dict[str, Any]], None]] = None,
         on_progress: Optional[Callable[[str, str], None]] = None,
+        on_plan: Optional[Callable[[dict[str, list[str]]], None]] = None,
         args: Optional[dict[str, Any]] = None,
         reconnect_attempts: int = 6,
         export_fn: Optional[Callable[..., Any]] = None,
@@ -204,6 +205,9 @@ class Campaign:
         self.visit = int(visit)
         self.on_result = on_result or (lambda row: None)
         self.on_progress = on_progress or (lambda device, event: None)
+        #: called once by ``run()`` with its plan (spec ids per device, see ``plan()``) before any
+        #: measurement starts, e.g. to size progress bars
+        self.on_plan = on_plan or (lambda todo: None)
         self.reconnect_attempts = reconnect_attempts
         self.export_fn = export_fn
         self.stop_requested = False
@@ -269,6 +273,7 @@ class Campaign:
         )
         self.result.campaign_id = cid
         todo = self.plan()
+        self.on_plan(todo)
         needed = [sid for sid in self.order if any(sid in lst for lst in todo.values())]
         exporter = threading.Thread(target=self._export_loop, args=(needed,), name="export", daemon=True)
         exporter.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -99,54 +100,44 @@ def _profile(
     repeat: int = 20,
     min_repeat_ms: float = 50.0,
 ) -> list[dict[str, Any]]:
-    """Measure ``specs`` in ``passes`` passes through the controller's campaign runner (pass ``k``
-    takes visit ``k`` of every model, so visits of one model are a whole pass apart in time) and
-    return the stored rows of these specs, every visit. Resumable: what the database already holds
-    is skipped."""
+    """Measure ``specs`` on ``device`` in ``passes`` passes (:func:`profile_in_passes`) with
+    progress bars on stderr; the stored rows of these specs, every visit. An interrupted pass
+    ends the calibration with a one-line error (what was measured is stored; a rerun resumes)."""
     from rich.console import Console
 
-    from nnflash.controller.commands.campaign_cmds import _settings, run_campaign
+    from nnflash.controller.campaign import MeasureSettings
+    from nnflash.controller.commands.campaign_view import ProgressView
+    from nnflash.controller.commands.common import (
+        artifacts_dir_for,
+        connection_options,
+        devices_from,
+        load_inventory,
+    )
+    from nnflash.controller.profiling import profile_in_passes
+    from nnflash.controller.transport import make_connection
 
-    settings = _settings(runtime, threads, repeat, min_repeat_ms, 300.0, energy)
-    for visit in range(passes):
-        result = run_campaign(
-            specs,
-            device,
-            settings,
-            db_path,
-            inventory,
-            as_json=False,
-            max_attempts=2,
-            console=Console(stderr=True),
-            args={"command": "calibrate", "visit": visit, "passes": passes},
-            visit=visit,
-            label=f" pass {visit + 1}/{passes}" if passes > 1 else "",
+    devices = devices_from(load_inventory(inventory), device)
+    settings = MeasureSettings(
+        runtime=runtime, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, energy=energy
+    )
+    console = Console(stderr=True)
+    done = profile_in_passes(
+        specs,
+        devices,
+        settings,
+        db_path,
+        artifacts_dir_for(db_path),
+        passes=passes,
+        connect=functools.partial(make_connection, **connection_options()),
+        args={"command": "calibrate"},
+        observer_for=lambda k: ProgressView(console, label=f" pass {k + 1}/{passes}" if passes > 1 else ""),
+    )
+    if done.interrupted_pass is not None:
+        raise CostModelError(
+            f"calibration interrupted in pass {done.interrupted_pass} of {passes}; what was measured is stored in "
+            f"{db_path}: run the same command again to resume"
         )
-        if result.interrupted:
-            raise CostModelError(
-                f"calibration interrupted in pass {visit + 1} of {passes}; what was measured is stored in "
-                f"{db_path}: run the same command again to resume"
-            )
-    return _stored_rows(db_path, device, runtime, threads, {s.spec_id for s in specs})
-
-
-def _stored_rows(
-    db_path: str, device: str, runtime: str, threads: Optional[int], spec_ids: Optional[set[str]] = None
-) -> list[dict[str, Any]]:
-    from nnflash.controller.store import ResultsDB
-
-    store = ResultsDB(db_path, readonly=True)
-    try:
-        rows = [
-            r
-            for r in store.measurements(device=device, status="ok")
-            if r.get("runtime") == runtime
-            and r.get("threads") == threads
-            and (spec_ids is None or r.get("spec_id") in spec_ids)
-        ]
-    finally:
-        store.close()
-    return rows
+    return done.rows
 
 
 def _stored_specs(db_path: str, spec_ids: set[str]) -> dict[str, Any]:
@@ -285,7 +276,9 @@ def calibrate_cmd(
     if from_db:
         if not Path(db_path).exists():
             raise CostModelError(f"--db: {db_path} does not exist (nothing to refit from)")
-        rows = _stored_rows(db_path, device, runtime, threads)
+        from nnflash.controller.profiling import stored_rows
+
+        rows = stored_rows(db_path, [device], runtime, threads)
         if not rows:
             raise CostModelError(
                 f"no ok measurements in {db_path} for device {device!r}, runtime {runtime!r}, threads {threads}"

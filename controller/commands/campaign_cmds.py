@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import signal
+import functools
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nnflash.controller.campaign import Campaign, CampaignResult, MeasureSettings
+from nnflash.controller.campaign import MeasureSettings
+from nnflash.controller.commands.campaign_view import ProgressView, print_summary, progress_bars
 from nnflash.controller.commands.common import (
     artifacts_dir_for,
     connection_options,
@@ -25,24 +24,12 @@ from nnflash.controller.commands.common import (
     load_inventory,
 )
 from nnflash.controller.errors import ConfigError
+from nnflash.controller.profiling import run_campaign
 from nnflash.controller.store import ResultsDB, rows_to_csv_text
 from nnflash.controller.transport import make_connection
-from nnflash.models.spec import AnySpec, load_specs_jsonl
+from nnflash.models.spec import load_specs_jsonl
+from nnflash_agent.measure import OPTION_DEFAULTS
 from nnflash_agent.runners import RUNTIMES
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 @click.command("export")
@@ -64,7 +51,7 @@ def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json:
     specs = load_specs_jsonl(specs_file)
     console = Console(stderr=True)
     failed = 0
-    with _progress(console) as prog:
+    with progress_bars(console) as prog:
         task = prog.add_task("export", total=len(specs) * len(fmts), note="")
         for spec in specs:
             for fmt in fmts:
@@ -100,126 +87,6 @@ def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json:
         sys.exit(1)
 
 
-def run_campaign(
-    specs: list[AnySpec],
-    device_names: str,
-    settings: MeasureSettings,
-    db_path: str,
-    inventory_path: Optional[str],
-    *,
-    as_json: bool,
-    max_attempts: int,
-    console: Console,
-    args: Optional[dict[str, Any]] = None,
-    visit: int = 0,
-    label: str = "",
-) -> CampaignResult:
-    """Run one campaign with progress bars (stderr) and Ctrl-C handling; returns its result.
-    ``visit`` is passed to :class:`Campaign`; ``label`` follows the device name in the bars."""
-    inv = load_inventory(inventory_path)
-    devices = devices_from(inv, device_names)
-    opts = connection_options()
-    store = ResultsDB(db_path)
-    try:
-        lock = threading.Lock()
-        with _progress(console) as prog:
-            tasks: dict[str, Any] = {}
-
-            def on_result(row: dict[str, Any]) -> None:
-                with lock:
-                    if as_json:
-                        emit_json({k: v for k, v in row.items() if k != "stored"})
-                    if row["status"] != "ok":
-                        prog.console.print(
-                            f"[yellow]{row['device']}: {row['spec_id']} {row['status']}:[/] {row.get('error') or ''}"
-                        )
-
-            def on_progress(device: str, event: str) -> None:
-                with lock:
-                    if event == "done":
-                        prog.update(tasks[device], advance=1, note="")
-                    elif event == "reconnecting":
-                        prog.update(tasks[device], note="[yellow]reconnecting")
-                    elif event == "reconnected":
-                        prog.update(tasks[device], note="reconnected")
-                    elif event == "error":
-                        prog.update(tasks[device], note="[red]unreachable")
-
-            camp = Campaign(
-                specs,
-                devices,
-                settings,
-                store,
-                artifacts_dir_for(db_path),
-                connect=lambda d: make_connection(d, **opts),
-                max_attempts=max_attempts,
-                on_result=on_result,
-                on_progress=on_progress,
-                args=args,
-                visit=visit,
-            )
-            todo = camp.plan()
-            for d in devices:
-                tasks[d.name] = prog.add_task(f"{d.name}{label}", total=len(todo[d.name]), note="")
-            camp.plan = lambda: todo  # type: ignore[method-assign]  # planned once, shown in the bars
-            previous = signal.getsignal(signal.SIGINT)
-
-            def on_sigint(signum: int, frame: Any) -> None:
-                if camp.stop_requested:
-                    prog.console.print("[red]abandoning measurements in flight[/]")
-                else:
-                    prog.console.print(
-                        "[yellow]stopping: finishing measurements in flight (Ctrl-C again to abandon them)[/]"
-                    )
-                camp.stop()
-
-            signal.signal(signal.SIGINT, on_sigint)
-            try:
-                result = camp.run()
-            finally:
-                signal.signal(signal.SIGINT, previous)
-    finally:
-        store.close()
-    return result
-
-
-def print_summary(result: CampaignResult, console: Console) -> None:
-    t = Table(title=f"campaign {result.campaign_id}" + (" (interrupted)" if result.interrupted else ""))
-    for col in ("device", "planned", "ok", "failed", "already done", "gave up", "reconnects", "busy", "wall"):
-        t.add_column(col, justify="right" if col != "device" else "left")
-    for r in result.devices.values():
-        busy = f"{100 * r.busy_s / r.wall_s:.0f}%" if r.wall_s > 0 else "-"
-        t.add_row(
-            r.device,
-            str(r.planned),
-            str(r.ok),
-            str(r.failed),
-            str(r.skipped),
-            str(r.gave_up),
-            str(r.reconnects),
-            busy,
-            f"{r.wall_s:.1f} s",
-        )
-    console.print(t)
-    for r in result.devices.values():
-        if r.error:
-            console.print(f"[red]{r.device}: {r.error}[/]")
-    oks = [row for row in result.rows if row["status"] == "ok"]
-    if oks:
-        lt = Table(title="latency (this run)")
-        for col in ("spec", "device", "median ms", "mean ms", "p90 ms"):
-            lt.add_column(col, justify="right" if "ms" in col else "left")
-        for row in sorted(oks, key=lambda r: r["latency_ms_median"])[:30]:
-            lt.add_row(
-                row["spec_id"],
-                row["device"],
-                f"{row['latency_ms_median']:.3f}",
-                f"{row['latency_ms_mean']:.3f}",
-                f"{row['latency_ms_p90']:.3f}",
-            )
-        console.print(lt)
-
-
 def _settings(
     runtime: str, threads: Optional[int], repeat: int, min_repeat_ms: float, timeout_s: float, energy: str
 ) -> MeasureSettings:
@@ -245,13 +112,13 @@ def _settings(
 )
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's).")
-@counting_options(20, 50.0, "Timed repeats per model.")
+@counting_options(OPTION_DEFAULTS["repeat"], OPTION_DEFAULTS["min_repeat_ms"], "Timed repeats per model.")
 @click.option("--energy", default="none", show_default=True, help="Energy meter on the device.")
 @click.option(
     "--timeout",
     "timeout_s",
     type=float,
-    default=300.0,
+    default=OPTION_DEFAULTS["timeout_s"],
     show_default=True,
     help="Per-model time limit on the device (s).",
 )
@@ -286,17 +153,18 @@ def profile_cmd(
     """
     specs = load_specs_jsonl(specs_file)
     settings = _settings(runtime, threads, repeat, min_repeat_ms, timeout_s, energy)
+    devices = devices_from(load_inventory(inventory_path), device_names)
     console = Console(stderr=True)
     result = run_campaign(
         specs,
-        device_names,
+        devices,
         settings,
         db_path,
-        inventory_path,
-        as_json=as_json,
+        artifacts_dir_for(db_path),
+        connect=functools.partial(make_connection, **connection_options()),
         max_attempts=max_attempts,
-        console=console,
         args={"command": "profile", "specs_file": str(Path(specs_file).resolve())},
+        observer=ProgressView(console, as_json=as_json),
     )
     print_summary(result, console)
     if result.interrupted:

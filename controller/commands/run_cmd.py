@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -12,10 +13,19 @@ import click
 from rich.console import Console
 
 from nnflash.controller.campaign import MeasureSettings
-from nnflash.controller.commands.campaign_cmds import print_summary, run_campaign
-from nnflash.controller.commands.common import db_option, inventory_option
+from nnflash.controller.commands.campaign_view import ProgressView, print_summary
+from nnflash.controller.commands.common import (
+    artifacts_dir_for,
+    connection_options,
+    db_option,
+    devices_from,
+    inventory_option,
+    load_inventory,
+)
 from nnflash.controller.errors import ConfigError
+from nnflash.controller.profiling import run_campaign
 from nnflash.controller.store import ResultsDB
+from nnflash.controller.transport import make_connection
 from nnflash.models.spec import AnySpec
 from nnflash_agent.runners import RUNTIMES
 
@@ -98,17 +108,18 @@ def run_cmd(
         f"generated {len(specs)} candidates for NN-Mass targets "
         f"{', '.join(f'{t:g}' for t in plan.targets)} (+-2%) -> {cand_path}"
     )
+    devices = devices_from(load_inventory(inventory_path), device_names)
     settings = MeasureSettings(runtime=runtime, threads=threads, repeat=plan.repeat, min_repeat_ms=plan.min_repeat_ms)
     result = run_campaign(
         specs,
-        device_names,
+        devices,
         settings,
         db_path,
-        inventory_path,
-        as_json=False,
+        artifacts_dir_for(db_path),
+        connect=functools.partial(make_connection, **connection_options()),
         max_attempts=2,
-        console=console,
         args={"command": "run", "quick": quick, "seed": seed},
+        observer=ProgressView(console),
     )
     print_summary(result, console)
     store = ResultsDB(db_path)

@@ -262,8 +262,8 @@ def test_calibrate_passes_and_counting_reach_the_profiler(tmp_path, monkeypatch)
 
 
 def test_calibrate_stops_when_a_pass_is_interrupted(tmp_path, monkeypatch) -> None:
+    from nnflash.controller import profiling
     from nnflash.controller.campaign import CampaignResult
-    from nnflash.controller.commands import campaign_cmds
 
     visits: list[int] = []
 
@@ -271,7 +271,7 @@ def test_calibrate_stops_when_a_pass_is_interrupted(tmp_path, monkeypatch) -> No
         visits.append(visit)
         return CampaignResult(campaign_id=1, interrupted=True)
 
-    monkeypatch.setattr(campaign_cmds, "run_campaign", interrupted)
+    monkeypatch.setattr(profiling, "run_campaign", interrupted)
     args = ["calibrate", "--device", "local", "--budget", "10", "--pool", "200"]
     res = CliRunner().invoke(cli, args + ["--db", str(tmp_path / "n.db"), "--out", str(tmp_path / "c.json")])
     assert res.exit_code == 2

@@ -20,3 +20,12 @@ def test_measure_settings_defaults_are_the_agents() -> None:
     args = MeasureSettings().agent_args("0" * 64)
     options = {k: v for k, v in args.items() if k not in ("artifact", "runtime")}
     assert parse_options(options) == parse_options({})
+
+
+def test_profile_option_defaults_are_the_agents() -> None:
+    from nnflash.controller.commands.campaign_cmds import profile_cmd
+
+    defaults = {p.name: p.default for p in profile_cmd.params}
+    assert defaults["timeout_s"] == OPTION_DEFAULTS["timeout_s"]
+    assert defaults["repeat"] == OPTION_DEFAULTS["repeat"]
+    assert defaults["min_repeat_ms"] == OPTION_DEFAULTS["min_repeat_ms"]
