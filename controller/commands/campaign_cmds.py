@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -39,8 +40,10 @@ from nnflash_agent.runners import RUNTIMES
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per artifact.")
 def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json: bool) -> None:
-    """Export specs to ONNX and/or TFLite, verified against torch, content-addressed and cached."""
-    from nnflash.models.export import FORMATS, export_spec
+    """Export specs to ONNX and/or TFLite, verified against torch, content-addressed and cached.
+
+    Each spec's torch module is built once for all the formats (only when one is not cached)."""
+    from nnflash.models.export import FORMATS, ExportOutcome, export_many
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     for f in fmts:
@@ -48,43 +51,52 @@ def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json:
             raise ConfigError(f"--format: unknown format {f!r} (expected {', '.join(FORMATS)})")
     if int8 and "tflite" not in fmts:
         raise ConfigError("--int8 applies to the tflite format only")
+    quantize = "int8" if int8 else None
     specs = load_specs_jsonl(specs_file)
     console = Console(stderr=True)
     failed = 0
     with progress_bars(console) as prog:
         task = prog.add_task("export", total=len(specs) * len(fmts), note="")
+
+        def show(o: ExportOutcome) -> None:
+            nonlocal failed
+            row: dict[str, Any] = {"spec_id": o.spec_id, "format": o.format, "quantization": o.quantization}
+            if o.artifact is not None:
+                art = o.artifact
+                row.update(path=str(art.path), sha256=art.sha256, size=art.size, cached=art.cached)
+                row.update(max_rel_err=art.max_rel_err, status="ok")
+            else:
+                failed += 1
+                row.update(status="failed", error=o.error)
+                console.print(f"[red]export of {o.spec_id} to {o.format} failed:[/] {o.error}")
+            if as_json:
+                emit_json(row)
+            prog.update(task, advance=1, note=o.spec_id)
+
+        shown: list[ExportOutcome] = []  # of the spec being exported
+
+        def progress(done: int, total: int, o: ExportOutcome) -> None:
+            o = o if o.ok else dataclasses.replace(o, error=_first_line(o.error or "ExportError"))
+            shown.append(o)
+            show(o)
+
         for spec in specs:
-            for fmt in fmts:
-                q = "int8" if (int8 and fmt == "tflite") else None
-                try:
-                    art = export_spec(spec, fmt, out_dir, quantize=q)
-                    row = {
-                        "spec_id": spec.spec_id,
-                        "format": fmt,
-                        "quantization": q,
-                        "path": str(art.path),
-                        "sha256": art.sha256,
-                        "size": art.size,
-                        "cached": art.cached,
-                        "max_rel_err": art.max_rel_err,
-                        "status": "ok",
-                    }
-                except Exception as e:  # one bad spec does not stop the others
-                    failed += 1
-                    row = {
-                        "spec_id": spec.spec_id,
-                        "format": fmt,
-                        "quantization": q,
-                        "status": "failed",
-                        "error": str(e).splitlines()[0] if str(e) else type(e).__name__,
-                    }
-                    console.print(f"[red]export of {spec.spec_id} to {fmt} failed:[/] {row['error']}")
-                if as_json:
-                    emit_json(row)
-                prog.update(task, advance=1, note=spec.spec_id)
+            shown.clear()
+            # One spec per call: an export error is an outcome; anything else raised while building or
+            # running the module stops only this spec (its formats not yet done fail with it).
+            try:
+                export_many([spec], fmts, out_dir, quantize=quantize, progress=progress)
+            except Exception as e:
+                for fmt in fmts[len(shown) :]:
+                    q = quantize if fmt == "tflite" else None
+                    show(ExportOutcome(spec.spec_id, fmt, q, None, _first_line(str(e)) or type(e).__name__))
     console.print(f"exported {len(specs) * len(fmts) - failed} artifact(s) to {out_dir}, {failed} failed")
     if failed:
         sys.exit(1)
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
 
 
 def _settings(
