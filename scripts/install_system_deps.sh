@@ -5,6 +5,9 @@
 #   debootstrap, qemu-user-static, binfmt-support
 #                   -> the emulated aarch64 Raspberry-Pi-like host of tests/emulated
 #                      (scripts/build_emu_rootfs.sh)
+#   dataset-fashion-mnist
+#                   -> Fashion-MNIST (four gzipped IDX files in /usr/share/datasets/fashion-mnist/),
+#                      the embedded default dataset of training (nnflash.models.datasets)
 # Idempotent: does nothing when everything is already installed. Needs root (or sudo).
 set -eu
 
@@ -15,6 +18,7 @@ command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 [ -x /usr/sbin/debootstrap ] || missing="$missing debootstrap"
 [ -x /usr/bin/qemu-aarch64-static ] || missing="$missing qemu-user-static"
 [ -x /usr/sbin/update-binfmts ] || missing="$missing binfmt-support"
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing="$missing dataset-fashion-mnist"
 
 if [ -z "$missing" ]; then
     echo "install_system_deps: nothing to do"
