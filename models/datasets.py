@@ -148,13 +148,13 @@ class Dataset:
     name: str
     input_shape: tuple[int, int, int]
     num_classes: int
-    train_x: np.ndarray
-    train_y: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    fingerprint: str
+    train_x: np.ndarray = field(repr=False)
+    train_y: np.ndarray = field(repr=False)
+    val_x: np.ndarray = field(repr=False)
+    val_y: np.ndarray = field(repr=False)
+    test_x: np.ndarray = field(repr=False)
+    test_y: np.ndarray = field(repr=False)
+    fingerprint: str = ""
     split_seed: int = DEFAULT_SPLIT_SEED
     source: str = ""
     _norm: dict[str, Normalization] = field(default_factory=dict, init=False, repr=False)
