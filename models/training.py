@@ -41,8 +41,8 @@ from torch import nn
 from nnflash.models.builder import build_module
 from nnflash.models.datasets import Dataset, Normalization
 from nnflash.models.errors import NnflashError
-from nnflash.models.protocol import TrainingProtocol
 from nnflash.models.spec import AnySpec
+from nnflash.models.training_protocol import TrainingProtocol
 from nnflash_agent.fileio import atomic_path
 
 CHECKPOINT_FORMAT = "nnflash-training-checkpoint"

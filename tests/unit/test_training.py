@@ -13,7 +13,6 @@ import torch
 
 from nnflash.models.builder import build_module
 from nnflash.models.datasets import Dataset
-from nnflash.models.protocol import TrainingProtocol
 from nnflash.models.space import get_space
 from nnflash.models.spec import Cell, DenseSpec, MlpSpec
 from nnflash.models.training import (
@@ -24,6 +23,7 @@ from nnflash.models.training import (
     lr_at,
     train_spec,
 )
+from nnflash.models.training_protocol import TrainingProtocol
 
 
 def quadrants(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nnflash.models.errors import NnflashError
-from nnflash.models.protocol import (
+from nnflash.models.training_protocol import (
     PRESETS,
     ProtocolError,
     TrainingProtocol,
