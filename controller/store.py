@@ -147,8 +147,52 @@ def _migration_2(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_3(db: sqlite3.Connection) -> None:
+    """Accuracy: trainings keyed by (spec, dataset, protocol hash, seed), the protocols by hash, and
+    zero-cost proxies keyed by (spec, dataset, batch key)."""
+    db.execute(
+        """CREATE TABLE training_protocols (
+            protocol_hash TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            json TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE trainings (
+            id INTEGER PRIMARY KEY,
+            spec_id TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            protocol_hash TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            val_accuracy REAL,
+            test_accuracy REAL,
+            record_json TEXT,
+            weights_path TEXT,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX trainings_by_key ON trainings(dataset, protocol_hash, seed, spec_id, status)")
+    # At most one successful training per (spec, dataset, protocol, seed); failures accumulate.
+    db.execute(
+        "CREATE UNIQUE INDEX trainings_one_ok ON trainings(spec_id, dataset, protocol_hash, seed) WHERE status = 'ok'"
+    )
+    db.execute(
+        """CREATE TABLE proxies (
+            spec_id TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            batch_key TEXT NOT NULL,
+            json TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (spec_id, dataset, batch_key)
+        )"""
+    )
+
+
 #: Append-only. Migration ``i`` (1-based) takes a database at ``user_version = i - 1`` to ``i``.
-MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Columns of ``nnflash results --csv/--json`` (in this order).
@@ -318,7 +362,7 @@ class ResultsDB:
     # ---- specs
 
     def add_spec(self, spec_id: str, family: str, spec_json: str | Mapping[str, Any]) -> bool:
-        """ResultsDB a spec (canonical JSON text or a dict). Returns False if it was already stored."""
+        """Store a spec (canonical JSON text or a dict). Returns False if it was already stored."""
         text = spec_json if isinstance(spec_json, str) else _dumps(spec_json)
         cur = self._execute(
             "INSERT INTO specs(spec_id, family, json, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -424,7 +468,7 @@ class ResultsDB:
         energy: Optional[Mapping[str, Any]] = None,
         visit: int = 0,
     ) -> bool:
-        """ResultsDB one measurement (committed at once). Returns True if stored, False if it was a
+        """Store one measurement (committed at once). Returns True if stored, False if it was a
         duplicate: the same ``request_id`` already stored, or an ``ok`` row already exists for this
         (spec_id, device, runtime, threads, visit)."""
         if not request_id:
@@ -474,7 +518,7 @@ class ResultsDB:
         campaign_id: Optional[int] = None,
         visit: int = 0,
     ) -> bool:
-        """ResultsDB an agent's ``measure`` response as it came (see :func:`measurement_fields`)."""
+        """Store an agent's ``measure`` response as it came (see :func:`measurement_fields`)."""
         return self.add_measurement(
             spec_id=spec_id,
             device=device,
@@ -597,6 +641,144 @@ class ResultsDB:
             (device, runtime, threads),
         )
         return dict(rows[0]) if rows else None
+
+    # ---- trainings (accuracy)
+
+    def add_training_protocol(self, protocol_hash: str, name: str, protocol_json: str | Mapping[str, Any]) -> bool:
+        """Record a training protocol under its hash. Returns False if it was already stored."""
+        text = protocol_json if isinstance(protocol_json, str) else _dumps(protocol_json)
+        cur = self._execute(
+            "INSERT INTO training_protocols(protocol_hash, name, json, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (protocol_hash, name, text, utc_now()),
+        )
+        return cur.rowcount == 1
+
+    def get_training_protocol(self, protocol_hash: str) -> Optional[Dict[str, Any]]:
+        rows = self._query("SELECT * FROM training_protocols WHERE protocol_hash = ?", (protocol_hash,))
+        if not rows:
+            return None
+        out = dict(rows[0])
+        out["json"] = _loads(out["json"])
+        return out
+
+    def add_training(
+        self,
+        *,
+        spec_id: str,
+        dataset: str,
+        protocol_hash: str,
+        seed: int,
+        status: str,
+        val_accuracy: Optional[float] = None,
+        test_accuracy: Optional[float] = None,
+        record: Optional[Mapping[str, Any]] = None,
+        weights_path: Optional[str] = None,
+        error: Optional[str] = None,
+    ) -> bool:
+        """Store one training outcome (committed at once). ``status`` is ``ok`` (accuracies set),
+        ``diverged`` or ``failed`` (``error`` says why). Returns False when an ``ok`` training of
+        the same (spec, dataset, protocol, seed) is already stored (nothing is written)."""
+        if status not in TRAINING_STATUSES:
+            raise StoreError(f"training status must be one of {', '.join(TRAINING_STATUSES)}, not {status!r}")
+        if status == "ok" and (val_accuracy is None or test_accuracy is None):
+            raise StoreError("an ok training needs its validation and test accuracy")
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO trainings(spec_id, dataset, protocol_hash, seed, status, error, val_accuracy, "
+                    "test_accuracy, record_json, weights_path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        spec_id,
+                        dataset,
+                        protocol_hash,
+                        int(seed),
+                        status,
+                        error,
+                        _num(val_accuracy),
+                        _num(test_accuracy),
+                        _dumps(dict(record)) if record is not None else None,
+                        weights_path,
+                        utc_now(),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                return False
+            except sqlite3.Error as exc:
+                raise StoreError(f"results database {self.path}: {exc}") from None
+        return True
+
+    def trainings(
+        self,
+        *,
+        dataset: Optional[str] = None,
+        protocol_hash: Optional[str] = None,
+        seed: Optional[int] = None,
+        status: Optional[str] = None,
+        spec_ids: Optional[Iterable[str]] = None,
+    ) -> List[Dict[str, Any]]:
+        """Training rows, oldest first, with ``record`` decoded (``record_json`` removed)."""
+        where: List[str] = []
+        params: List[Any] = []
+        filters = (("dataset", dataset), ("protocol_hash", protocol_hash), ("seed", seed), ("status", status))
+        for column, value in filters:
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT * FROM trainings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        wanted = set(spec_ids) if spec_ids is not None else None
+        out = []
+        for row in self._query(sql, params):
+            if wanted is not None and row["spec_id"] not in wanted:
+                continue
+            d = dict(row)
+            d["record"] = _loads(d.pop("record_json"))
+            out.append(d)
+        return out
+
+    def trained_spec_ids(self, dataset: str, protocol_hash: str, seed: int) -> set[str]:
+        """Spec ids with an ``ok`` training for this (dataset, protocol, seed)."""
+        rows = self._query(
+            "SELECT spec_id FROM trainings WHERE dataset = ? AND protocol_hash = ? AND seed = ? AND status = 'ok'",
+            (dataset, protocol_hash, int(seed)),
+        )
+        return {r[0] for r in rows}
+
+    def training_failure_counts(self, dataset: str, protocol_hash: str, seed: int) -> Dict[str, int]:
+        """Failed or diverged trainings per spec id for this (dataset, protocol, seed)."""
+        rows = self._query(
+            "SELECT spec_id, count(*) FROM trainings WHERE dataset = ? AND protocol_hash = ? AND seed = ? "
+            "AND status != 'ok' GROUP BY spec_id",
+            (dataset, protocol_hash, int(seed)),
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    # ---- zero-cost proxies
+
+    def add_proxies(self, spec_id: str, dataset: str, batch_key: str, values: Mapping[str, Any]) -> None:
+        """Store (or replace) the zero-cost proxies of a spec computed on one batch of a dataset."""
+        self._execute(
+            "INSERT INTO proxies(spec_id, dataset, batch_key, json, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(spec_id, dataset, batch_key) DO UPDATE SET json = excluded.json, "
+            "created_at = excluded.created_at",
+            (spec_id, dataset, batch_key, _dumps(dict(values)), utc_now()),
+        )
+
+    def proxies(
+        self, dataset: str, batch_key: str, spec_ids: Optional[Iterable[str]] = None
+    ) -> Dict[str, Dict[str, Any]]:
+        """``{spec_id: {proxy: value}}`` stored for this dataset and batch."""
+        rows = self._query(
+            "SELECT spec_id, json FROM proxies WHERE dataset = ? AND batch_key = ?", (dataset, batch_key)
+        )
+        wanted = set(spec_ids) if spec_ids is not None else None
+        return {r[0]: _loads(r[1]) for r in rows if wanted is None or r[0] in wanted}
+
+
+TRAINING_STATUSES = ("ok", "diverged", "failed")
 
 
 def measurement_fields(response: Mapping[str, Any]) -> Dict[str, Any]:

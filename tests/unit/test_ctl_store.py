@@ -397,3 +397,51 @@ def test_concurrent_writers_threads(tmp_path: Path) -> None:
     assert errors == []
     assert shared.count_measurements() == 8 * 50 + 1
     shared.close()
+
+
+# ---- trainings and proxies (schema 3)
+
+
+def test_trainings_one_ok_per_key_and_failures_accumulate(tmp_path):
+    with ResultsDB(tmp_path / "t.db") as st:
+        key = {"spec_id": "aaaaaaaaaaaa", "dataset": "fashion-mnist", "protocol_hash": "e04bb0b1fb6e", "seed": 0}
+        assert st.add_training(**key, status="diverged", error="loss is nan at epoch 2")
+        assert st.add_training(**key, status="failed", error="worker lost")
+        assert st.training_failure_counts("fashion-mnist", "e04bb0b1fb6e", 0) == {"aaaaaaaaaaaa": 2}
+        assert st.trained_spec_ids("fashion-mnist", "e04bb0b1fb6e", 0) == set()
+        rec = {"train_loss": [1.2, 0.8], "wall_s": 61.5, "torch_device": "cpu"}
+        assert st.add_training(**key, status="ok", val_accuracy=0.87, test_accuracy=0.86, record=rec)
+        assert not st.add_training(**key, status="ok", val_accuracy=0.5, test_accuracy=0.5)  # not twice
+        assert st.trained_spec_ids("fashion-mnist", "e04bb0b1fb6e", 0) == {"aaaaaaaaaaaa"}
+        assert st.trained_spec_ids("fashion-mnist", "e04bb0b1fb6e", 1) == set()  # another seed
+        ok = st.trainings(dataset="fashion-mnist", status="ok")
+        assert len(ok) == 1 and ok[0]["record"] == rec and ok[0]["val_accuracy"] == 0.87
+        assert len(st.trainings(spec_ids=["aaaaaaaaaaaa"])) == 3
+        assert st.trainings(protocol_hash="000000000000") == []
+
+
+def test_training_bad_status_or_missing_accuracy_is_an_error(tmp_path):
+    with ResultsDB(tmp_path / "t.db") as st:
+        key = {"spec_id": "a", "dataset": "d", "protocol_hash": "p", "seed": 0}
+        with pytest.raises(StoreError, match="status"):
+            st.add_training(**key, status="done")
+        with pytest.raises(StoreError, match="accuracy"):
+            st.add_training(**key, status="ok", val_accuracy=0.9)
+        assert st.trainings() == []
+
+
+def test_training_protocols_and_proxies(tmp_path):
+    with ResultsDB(tmp_path / "t.db") as st:
+        assert st.add_training_protocol("e04bb0b1fb6e", "quick", {"epochs": 3})
+        assert not st.add_training_protocol("e04bb0b1fb6e", "quick", {"epochs": 3})
+        assert st.get_training_protocol("e04bb0b1fb6e")["json"] == {"epochs": 3}
+        assert st.get_training_protocol("nope") is None
+        st.add_proxies("a", "fashion-mnist", "b0", {"synflow": 1.5, "naswot": 200.0})
+        st.add_proxies("a", "fashion-mnist", "b0", {"synflow": 2.5, "naswot": 210.0})  # replaced
+        st.add_proxies("b", "fashion-mnist", "b0", {"synflow": 0.5})
+        assert st.proxies("fashion-mnist", "b0") == {
+            "a": {"synflow": 2.5, "naswot": 210.0},
+            "b": {"synflow": 0.5},
+        }
+        assert st.proxies("fashion-mnist", "b0", spec_ids=["b"]) == {"b": {"synflow": 0.5}}
+        assert st.proxies("cifar10", "b0") == {}
