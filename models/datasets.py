@@ -123,6 +123,15 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
 }
 
+#: The search space a dataset uses when no ``--space`` is given (names in ``nnflash.models.space``).
+#: cifar100 uses ``flash`` with its 100 classes (the space's shape fits; the classes come from the dataset).
+DEFAULT_SPACES: dict[str, str] = {
+    "fashion-mnist": "flash-fmnist",
+    "mnist": "flash-fmnist",
+    "cifar10": "flash",
+    "cifar100": "flash",
+}
+
 DEFAULT_VAL_SIZE = 5000
 DEFAULT_SPLIT_SEED = 0
 

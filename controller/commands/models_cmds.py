@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import click
 from rich.console import Console
@@ -14,6 +14,9 @@ from nnflash.models.errors import SpaceError, SpecError
 from nnflash.models.metrics import compute_metrics
 from nnflash.models.spec import PRESETS, AnySpec, load_spec_file, preset
 from nnflash_agent.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from nnflash.models.space import Space
 
 
 def emit_json(obj: Any) -> None:
@@ -160,16 +163,44 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     return value
 
 
+def _dataset_space(space_name: str | None, dataset: str | None) -> Space:
+    """The space to draw from: ``--space`` (default ``flash``), or with ``--dataset`` the dataset's
+    default space (``DEFAULT_SPACES``), its classes set to the dataset's; a ``--space`` whose input
+    shape differs from the dataset's is an error."""
+    import dataclasses
+
+    from nnflash.models.datasets import DEFAULT_SPACES, dataset_info
+    from nnflash.models.space import get_space
+
+    if dataset is None:
+        return get_space(space_name or "flash")
+    info = dataset_info(dataset)
+    space = get_space(space_name or DEFAULT_SPACES[dataset])
+    if tuple(space.input_shape) != tuple(info.input_shape):
+        shape, want = "x".join(map(str, space.input_shape)), "x".join(map(str, info.input_shape))
+        raise SpaceError(f"--space: space {space.name} takes {shape} inputs, dataset {dataset} has {want} images")
+    if space.num_classes != info.num_classes:
+        space = dataclasses.replace(space, num_classes=info.num_classes)
+    return space
+
+
+def _dataset_option(f: Any) -> Any:
+    return click.option(
+        "--dataset",
+        default=None,
+        help="Draw from this dataset's default space (fashion-mnist, mnist: flash-fmnist; cifar10, cifar100: flash).",
+    )(f)
+
+
 @space_group.command("sample")
-@click.option("--space", "space_name", default="flash", show_default=True, help="Name of the search space.")
+@click.option("--space", "space_name", default=None, help="Name of the search space. [default: flash]")
+@_dataset_option
 @click.option("--n", "n", type=int, required=True, callback=_positive, help="Number of specs to draw.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the draw (and of the wiring).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON-lines file.")
-def space_sample(space_name: str, n: int, seed: int, out: str) -> None:
+def space_sample(space_name: str | None, dataset: str | None, n: int, seed: int, out: str) -> None:
     """Draw N configurations uniformly from a space; one spec per line."""
-    from nnflash.models.space import get_space
-
-    specs = get_space(space_name).sample(n, seed=seed)
+    specs = _dataset_space(space_name, dataset).sample(n, seed=seed)
     k = write_jsonl_atomic(out, (s.to_json_line() for s in specs))
     click.echo(f"wrote {k} specs to {out}", err=True)
 
@@ -181,7 +212,8 @@ def space_sample(space_name: str, n: int, seed: int, out: str) -> None:
 @click.option("--n", "n", type=int, required=True, callback=_positive, help="Number of distinct specs.")
 @click.option("--max-params", type=int, default=None, help="Budget on the parameter count.")
 @click.option("--max-macs", type=int, default=None, help="Budget on MACs per inference.")
-@click.option("--space", "space_name", default="flash", show_default=True, help="Search space to draw from.")
+@click.option("--space", "space_name", default=None, help="Search space to draw from. [default: flash]")
+@_dataset_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (same seed, same specs).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON-lines file.")
 @click.option("--json", "as_json", is_flag=True, help="Also print one JSON summary per spec on stdout.")
@@ -192,7 +224,8 @@ def generate_cmd(
     n: int,
     max_params: int | None,
     max_macs: int | None,
-    space_name: str,
+    space_name: str | None,
+    dataset: str | None,
     seed: int,
     out: str,
     as_json: bool,
@@ -203,7 +236,7 @@ def generate_cmd(
     Example:
       nnflash generate --target-mass 400 --n 20 --max-params 2000000 --out cands.jsonl
     """
-    from nnflash.models.space import generate, get_space
+    from nnflash.models.space import generate
 
     if (target_mass is None) == (target_degree is None):
         raise SpaceError("give exactly one of --target-mass or --target-degree")
@@ -211,7 +244,7 @@ def generate_cmd(
         if v is not None and v < 1:
             raise SpaceError(f"{name}: must be a positive integer, got {v}")
     specs = generate(
-        get_space(space_name),
+        _dataset_space(space_name, dataset),
         n,
         target_mass=target_mass,
         target_degree=target_degree,
