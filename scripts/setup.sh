@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the development environment in .venv (idempotent; fast when nothing changed).
 #   - torch is pinned to 2.13.0 (CPU build); an unpinned torch pulls a multi-GB CUDA build.
-#   - installs nnflash-agent and nnflash in editable mode (nnflash with the host, tflite and dev extras).
+#   - installs nnflash-agent and nnflash in editable mode (nnflash with the host, tflite, dev and cluster extras).
 #   - as root, installs the system packages the integration tests need (OpenSSH server, iproute2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ echo "setup: installing nnflash and its dependencies into $VENV" >&2
 "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
 # Two distributions: the agent (agent/pyproject.toml, imported as nnflash_agent) and the host
 # (pyproject.toml, imported as nnflash.*; src/nnflash/ links to the top-level folders).
-"$VENV/bin/python" -m pip install --quiet -e ./agent -e ".[host,tflite,dev]" "torch==2.13.0"
+"$VENV/bin/python" -m pip install --quiet -e ./agent -e ".[host,tflite,dev,cluster]" "torch==2.13.0"
 rm -f "$VENV"/.nnflash-setup-*
 touch "$stamp"
 echo "setup: done" >&2
