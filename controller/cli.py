@@ -49,6 +49,7 @@ def _register() -> None:
         module.register(cli)
     import importlib
 
+    importlib.import_module("nnflash.controller.commands.accuracy_cmds").register(cli)
     importlib.import_module("nnflash.controller.commands.train_cmds").register(cli)
     try:  # calibration commands need the calibration package (scipy)
         calibration_cmds = importlib.import_module("nnflash.controller.commands.calibration_cmds")
