@@ -1,0 +1,270 @@
+"""Goal benchmark 1 of issue 13: how well 25 trained networks predict the accuracy of the rest.
+
+Dataset Fashion-MNIST (the embedded default, or ``--data-dir``), its default space
+(``flash-fmnist``, 1x28x28), protocol ``quick`` (20,000 training images, 3 epochs; see
+``nnflash.models.training_protocol``). Steps:
+
+1. ``--budget`` (25) networks chosen by ``accuracy select``'s spread over NN-Degree and size, from
+   ``--pool`` (2,000) draws of the space with seed 0;
+2. ``--held-out`` (30) networks drawn at random from the space (seed 12345), none of the chosen;
+3. every one trained with seed 0, and ``--noise-specs`` (5) of the chosen ones (spread over their
+   NN-Degree) also with seeds 1 and 2 -- all through nnflash's own training path
+   (``nnflash.controller.training.run_trainings``, what ``nnflash train`` runs), stored in a results
+   database (``--db``) so that a rerun skips what is done and an interrupted run resumes;
+4. ``multi``, ``flash`` and ``nnmass`` fitted on the chosen networks' **validation** accuracy, then
+   judged on the held-out networks' **test** accuracy (the number a user would quote); the baselines
+   are raw scores judged by rank only: NN-Degree, NN-Mass, params, MACs, synflow, NASWOT, and the
+   proxy vote (the mean rank of synflow, jacob_cov and snip: Abdelfattah et al.'s vote of the three
+   best proxies, written as a rank average);
+5. for each, held-out Spearman, Kendall and MAE (points), and a paired bootstrap (``--boot``
+   resamples of the held-out set) 95% interval of its difference to ``multi``: "ahead" is claimed
+   only where the interval excludes 0;
+6. the seed-to-seed standard deviation of the test accuracy (ddof 1, averaged over the noise specs):
+   the noise floor no predictor can beat.
+
+Goal (issue 13): ``multi`` held-out Spearman >= 0.85 and Kendall >= 0.65, ahead of every single
+feature, MAE within 1.5x the noise floor. About 90 minutes of training on the 2-core development
+machine. ``--smoke`` runs the whole path in a few minutes with a tiny protocol and few networks (its
+figures mean nothing; it checks the machinery), in its own database.
+
+Run: ``python benchmarks/accuracy_predictor.py [--smoke] [--db PATH] [--data-dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from nnflash.calibration.accuracy import make_accuracy_model, rank_correlations, spec_features
+from nnflash.controller.accuracy import dataset_space, pooled_trainings, proxies_for, select_for_dataset
+from nnflash.controller.store import ResultsDB
+from nnflash.controller.training import TrainingObserver, TrainingPlan, run_trainings
+from nnflash.models.datasets import load_dataset
+from nnflash.models.spec import AnySpec
+from nnflash.models.training_protocol import TrainingProtocol, get_protocol
+
+DATASET = "fashion-mnist"
+SMOKE_PROTOCOL = TrainingProtocol(
+    name="smoke",
+    train_size=1024,
+    val_size=500,
+    epochs=1,
+    batch_size=64,
+    lr=0.05,
+    schedule="linear",
+    warmup_fraction=0.1,
+)
+
+
+class _Progress(TrainingObserver):
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.t0 = time.perf_counter()
+        self.n = 0
+        self.todo = 0
+
+    def planned(self, plan: TrainingPlan) -> None:
+        self.todo = len(plan.todo)
+        print(f"  {self.label}: {len(plan.done)} done, {self.todo} to train (estimate {plan.estimate_s / 60:.1f} min)")
+
+    def trained(self, row: dict[str, Any]) -> None:
+        self.n += 1
+        acc = row.get("test_accuracy")
+        acc_s = f"{100 * acc:.2f}%" if acc is not None else row.get("error", "")
+        print(
+            f"    [{self.n}/{self.todo}] {row['spec_id']} {row['status']} {acc_s} "
+            f"({time.perf_counter() - self.t0:.0f} s)"
+        )
+        sys.stdout.flush()
+
+
+def _train(
+    specs: list[AnySpec], ds: Any, protocol: TrainingProtocol, seed: int, db: Path, device: str, label: str
+) -> None:
+    res = run_trainings(specs, ds, protocol, seed, db, torch_device=device, observer=_Progress(label))
+    if res.interrupted:
+        raise KeyboardInterrupt
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(v)
+
+
+def _metrics(y: np.ndarray, score: np.ndarray, is_accuracy: bool) -> dict[str, float]:
+    rho, tau = rank_correlations(y, score)
+    mae = float(100 * np.mean(np.abs(score - y))) if is_accuracy else math.nan
+    return {"spearman": rho, "kendall": tau, "mae": mae}
+
+
+def _bootstrap_diff(
+    y: np.ndarray, ref: np.ndarray, other: np.ndarray, ref_acc: bool, other_acc: bool, n_boot: int, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals of ``metric(other) - metric(ref)`` over paired resamples."""
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, list[float]] = {"spearman": [], "kendall": [], "mae": []}
+    n = len(y)
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        a = _metrics(y[idx], ref[idx], ref_acc)
+        b = _metrics(y[idx], other[idx], other_acc)
+        for k in diffs:
+            d = b[k] - a[k]
+            if math.isfinite(d):
+                diffs[k].append(d)
+    out = {}
+    for k, v in diffs.items():
+        out[k] = (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) > 10 else (math.nan, math.nan)
+    return out
+
+
+def _fmt(v: float, spec: str = ".3f") -> str:
+    return format(v, spec) if math.isfinite(v) else "-"
+
+
+def _fmt_ci(ci: tuple[float, float], spec: str = "+.3f") -> str:
+    return f"[{_fmt(ci[0], spec)}, {_fmt(ci[1], spec)}]" if all(math.isfinite(c) for c in ci) else "-"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny protocol and few networks: checks the machinery only")
+    ap.add_argument(
+        "--db",
+        default=None,
+        help="results database (default .nnflash-cache/accuracy_predictor[-smoke].db, git-ignored)",
+    )
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--protocol", default=None, help="training protocol (default quick; smoke: a tiny one)")
+    ap.add_argument("--budget", type=int, default=None)
+    ap.add_argument("--held-out", type=int, default=None)
+    ap.add_argument("--noise-specs", type=int, default=None)
+    ap.add_argument("--pool", type=int, default=None)
+    ap.add_argument("--boot", type=int, default=None)
+    ap.add_argument("--torch-device", default="auto")
+    a = ap.parse_args(argv)
+    smoke = a.smoke
+    budget = a.budget or (10 if smoke else 25)
+    held_out = a.held_out or (8 if smoke else 30)
+    noise_specs = a.noise_specs or (2 if smoke else 5)
+    noise_seeds = (0, 1) if smoke else (0, 1, 2)
+    pool = a.pool or (300 if smoke else 2000)
+    n_boot = a.boot or (200 if smoke else 2000)
+    protocol = get_protocol(a.protocol) if a.protocol else (SMOKE_PROTOCOL if smoke else get_protocol("quick"))
+    db = Path(a.db) if a.db else Path(".nnflash-cache") / f"accuracy_predictor{'-smoke' if smoke else ''}.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    ds = load_dataset(DATASET, a.data_dir)
+    space = dataset_space(DATASET)
+    print(f"accuracy predictor benchmark{' (SMOKE: figures mean nothing)' if smoke else ''}")
+    print(
+        f"dataset {DATASET} ({ds.fingerprint}), space {space.name}, protocol {protocol.name} "
+        f"({protocol.protocol_hash}: {protocol.train_size} images x {protocol.epochs} epochs), db {db}"
+    )
+    print(f"host {platform.node()}: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+
+    chosen = select_for_dataset(DATASET, budget, pool=pool, seed=0)
+    chosen_ids = {s.spec_id for s in chosen}
+    held: list[AnySpec] = []
+    for s in space.sample(held_out * 4, seed=12345):
+        if s.spec_id not in chosen_ids and s.spec_id not in {h.spec_id for h in held}:
+            held.append(s)
+        if len(held) == held_out:
+            break
+    deg = spec_features(chosen)["nn_degree"]
+    order = np.argsort(deg)
+    noisy = [chosen[int(order[int(round(i))])] for i in np.linspace(0, len(chosen) - 1, noise_specs)]
+
+    print(f"training: {budget} chosen + {len(held)} held-out (seed 0), {noise_specs} x seeds {noise_seeds}")
+    _train(chosen + held, ds, protocol, 0, db, a.torch_device, "seed 0")
+    for seed in noise_seeds[1:]:
+        _train(noisy, ds, protocol, seed, db, a.torch_device, f"seed {seed}")
+
+    with ResultsDB(db) as store:
+        by_id = {p.spec.spec_id: p for p in pooled_trainings(store, DATASET, protocol.protocol_hash, seed=0)}
+        tr = [s for s in chosen if s.spec_id in by_id]
+        te = [s for s in held if s.spec_id in by_id]
+        proxies_tr, _ = proxies_for(tr, ds, db=store)
+        proxies_te, _ = proxies_for(te, ds, db=store)
+        noise_rows = store.trainings(dataset=DATASET, protocol_hash=protocol.protocol_hash, status="ok")
+    if len(tr) < budget or len(te) < held_out:
+        print(f"note: {budget - len(tr)} chosen and {held_out - len(te)} held-out trainings failed; judged on the rest")
+    y_tr = np.array([by_id[s.spec_id].val_accuracy for s in tr])
+    y_te = np.array([by_id[s.spec_id].test_accuracy for s in te])
+
+    scores: dict[str, tuple[np.ndarray, bool]] = {}
+    for kind in ("multi", "flash", "nnmass"):
+        model = make_accuracy_model(kind)
+        kw = {"proxies": proxies_tr} if model.needs_proxies else {}
+        model.fit(tr, y_tr, **kw)
+        scores[kind] = (model.predict(te, **({"proxies": proxies_te} if model.needs_proxies else {})), True)
+    f = spec_features(te)
+    for name in ("nn_degree", "nn_mass", "params", "macs"):
+        scores[f"raw {name}"] = (f[name], False)
+    px = {n: np.array([p[n] for p in proxies_te]) for n in ("synflow", "naswot", "jacob_cov", "snip")}
+    scores["synflow"] = (px["synflow"], False)
+    scores["naswot"] = (px["naswot"], False)
+    scores["proxy vote"] = ((_ranks(px["synflow"]) + _ranks(px["jacob_cov"]) + _ranks(px["snip"])) / 3, False)
+
+    per_spec: dict[tuple[str], list[float]] = {}
+    noisy_ids = {s.spec_id for s in noisy}
+    for r in noise_rows:
+        if r["spec_id"] in noisy_ids and r["seed"] in noise_seeds:
+            per_spec.setdefault((r["spec_id"],), []).append(r["test_accuracy"])
+    stds = [float(np.std(v, ddof=1)) for v in per_spec.values() if len(v) >= 2]
+    floor = 100 * float(np.mean(stds)) if stds else math.nan
+
+    ref, _ = scores["multi"]
+    print()
+    print(
+        f"held-out: {len(te)} networks (test accuracy {100 * y_te.min():.2f}..{100 * y_te.max():.2f}%), "
+        f"fitted on {len(tr)} (validation accuracy); paired bootstrap of {n_boot}: 95% interval of (row - multi)"
+    )
+    head = f"{'predictor':<16}{'Spearman':>9}{'Kendall':>9}{'MAE pt':>8}   "
+    head += f"{'d Spearman':<18}{'d Kendall':<18}{'d MAE pt':<18}"
+    print(head)
+    print("-" * len(head))
+    for name, (score, is_acc) in scores.items():
+        m = _metrics(y_te, score, is_acc)
+        if name == "multi":
+            cis = {"spearman": (math.nan, math.nan), "kendall": (math.nan, math.nan), "mae": (math.nan, math.nan)}
+        else:
+            cis = _bootstrap_diff(y_te, ref, score, True, is_acc, n_boot)
+        print(
+            f"{name:<16}{_fmt(m['spearman']):>9}{_fmt(m['kendall']):>9}{_fmt(m['mae'], '.2f'):>8}   "
+            f"{_fmt_ci(cis['spearman']):<18}{_fmt_ci(cis['kendall']):<18}{_fmt_ci(cis['mae'], '+.2f'):<18}"
+        )
+    print()
+    print(
+        f"seed-to-seed std of test accuracy ({len(stds)} networks x {len(noise_seeds)} seeds): "
+        f"{_fmt(floor, '.2f')} points (the noise floor)"
+    )
+    m = _metrics(y_te, ref, True)
+    ahead = []
+    for name, (score, is_acc) in scores.items():
+        if name == "multi":
+            continue
+        ci = _bootstrap_diff(y_te, ref, score, True, is_acc, n_boot)["spearman"]
+        ahead.append(math.isfinite(ci[1]) and ci[1] < 0)
+    print(
+        f"goal: multi Spearman {_fmt(m['spearman'])} (>= 0.85), Kendall {_fmt(m['kendall'])} (>= 0.65), "
+        f"ahead (Spearman interval excludes 0) of {sum(ahead)} of {len(ahead)} others, "
+        f"MAE {_fmt(m['mae'], '.2f')} pt vs 1.5 x noise floor {_fmt(1.5 * floor, '.2f')} pt"
+    )
+    print(f"wall time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
