@@ -5,11 +5,11 @@ Messages have named fields, never positional lists.
 
 Request::
 
-    {"v": 1, "id": "r-17", "verb": "measure", "args": {...}}
+    {"v": 2, "id": "r-17", "verb": "measure", "args": {...}}
 
 Response::
 
-    {"v": 1, "id": "r-17", "status": "ok", "error": null, "result": {...}}
+    {"v": 2, "id": "r-17", "status": "ok", "error": null, "result": {...}}
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "TIMEOUT",
     "CRASHED",
     "INTERNAL",
+    "DISTURBED",
     "MAX_LINE_BYTES",
     "ProtocolError",
     "make_request",
@@ -44,7 +45,7 @@ __all__ = [
     "json_safe",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Status codes.
 OK = "ok"
@@ -59,6 +60,11 @@ RUNTIME_ERROR = "runtime_error"  # the runtime raised (e.g. refused to load the 
 TIMEOUT = "timeout"  # the measurement ran past timeout_s and was killed
 CRASHED = "crashed"  # the isolated worker died (signal, OOM kill, abort)
 INTERNAL = "internal"  # a bug in the agent; it keeps serving
+# The measurement ran, but the device was not quiet enough to trust it (another process competed for
+# the measuring CPUs, the hypervisor stole time, the SoC throttled or was under-voltage). Unlike the
+# other failures the response carries the full record (figures, per-repeat flags), so the
+# controller can store it and measure the model again later. New in protocol v2.
+DISTURBED = "disturbed"
 
 STATUSES = (
     OK,
@@ -73,6 +79,7 @@ STATUSES = (
     TIMEOUT,
     CRASHED,
     INTERNAL,
+    DISTURBED,
 )
 
 VERBS = ("hello", "info", "measure", "list", "results", "cleanup", "bye")
@@ -103,7 +110,8 @@ def make_response(
     result: Any = None,
     error: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Build a response object. ``error`` is a one-line human message when ``status`` is not ok."""
+    """Build a response object. ``error`` is a one-line human message when ``status`` is not ok;
+    ``result`` is null then, except for ``disturbed`` (the measurement record, see DISTURBED)."""
     if error is not None:
         error = " ".join(str(error).split())  # one line
     return {"v": PROTOCOL_VERSION, "id": id, "status": status, "error": error, "result": result}

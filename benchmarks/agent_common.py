@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from nnflash_agent import protocol as P
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,7 +94,7 @@ class Agent:
     def ask(self, verb: str, args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.n += 1
-        req = {"v": 1, "id": f"b{self.n}", "verb": verb, "args": args or {}}
+        req = {"v": P.PROTOCOL_VERSION, "id": f"b{self.n}", "verb": verb, "args": args or {}}
         self.proc.stdin.write((json.dumps(req) + "\n").encode())
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()

@@ -9,7 +9,7 @@ Tests import the fixtures from here (``from sshd_fixture import sshd, ssh_device
 deliberately no conftest.py. When ``/usr/sbin/sshd`` is missing the fixtures skip with a reason that
 names ``scripts/install_system_deps.sh``.
 
-``FAKE_AGENT`` is a tiny stand-in for ``nnflash-agent serve`` speaking protocol v1 (it imports only
+``FAKE_AGENT`` is a tiny stand-in for ``nnflash-agent serve`` speaking the current protocol (it imports only
 ``nnflash_agent.protocol``): ``hello``, ``info``, ``list``, ``results`` (from a journal file in the store,
 so a new agent process still knows old answers), ``cleanup``, ``bye``, and a ``measure`` that
 checks the artifact's sha256 and sleeps ``args["sleep_s"]`` (default 0) before answering: enough

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
-HELLO = b'{"v":1,"id":"h1","verb":"hello"}\n'
+HELLO = b'{"v":2,"id":"h1","verb":"hello"}\n'
 
 
 def _env(tmp_path: Path) -> dict:
@@ -59,14 +59,14 @@ def test_sessions_are_served_one_after_another_by_one_process(tmp_path):
     try:
         assert (sock.stat().st_mode & 0o777) == 0o600
         assert (sock.parent.stat().st_mode & 0o777) == 0o700
-        first = _agent("connect", "--socket", str(sock), stdin=HELLO + b'{"v":1,"id":"l1","verb":"list"}\n', env=env)
+        first = _agent("connect", "--socket", str(sock), stdin=HELLO + b'{"v":2,"id":"l1","verb":"list"}\n', env=env)
         assert first.returncode == 0, first.stderr
         r = _responses(first.stdout)
         assert [x["id"] for x in r] == ["h1", "l1"] and all(x["status"] == "ok" for x in r)
         # bad input in one session does not end the daemon
         bad = _agent("connect", "--socket", str(sock), stdin=b"{not json\n" + HELLO, env=env)
         assert [x["status"] for x in _responses(bad.stdout)] == ["bad_json", "ok"]
-        again = _agent("connect", "--socket", str(sock), stdin=b'{"v":1,"id":"b","verb":"bye"}\n' + HELLO, env=env)
+        again = _agent("connect", "--socket", str(sock), stdin=b'{"v":2,"id":"b","verb":"bye"}\n' + HELLO, env=env)
         assert [x["id"] for x in _responses(again.stdout)] == ["b"]  # bye ends the session ...
         assert proc.poll() is None  # ... not the daemon
         third = _agent("connect", "--socket", str(sock), stdin=HELLO, env=env)

@@ -176,33 +176,33 @@ def test_end_of_input_exits_cleanly(tmp_path):
 
 BAD_LINES = [
     (b"this is not json\n", P.BAD_JSON, None),
-    (b'{"v": 1, "id": "x", \n', P.BAD_JSON, None),
+    (b'{"v": 2, "id": "x", \n', P.BAD_JSON, None),
     (b"[1, 2, 3]\n", P.BAD_JSON, None),
     (b"\xff\xfe\xfd\n", P.BAD_JSON, None),
-    (b'{"v":1,"id":"b1","verb":"teleport"}\n', P.UNKNOWN_VERB, "b1"),
-    (b'{"v":1,"verb":"hello"}\n', P.BAD_REQUEST, None),  # missing id
-    (b'{"v":1,"id":"b2"}\n', P.BAD_REQUEST, "b2"),  # missing verb
+    (b'{"v":2,"id":"b1","verb":"teleport"}\n', P.UNKNOWN_VERB, "b1"),
+    (b'{"v":2,"verb":"hello"}\n', P.BAD_REQUEST, None),  # missing id
+    (b'{"v":2,"id":"b2"}\n', P.BAD_REQUEST, "b2"),  # missing verb
     (b'{"id":"b3","verb":"hello"}\n', P.BAD_REQUEST, "b3"),  # missing version
     (b'{"v":"1","id":"b4","verb":"hello"}\n', P.BAD_REQUEST, "b4"),  # wrong type
-    (b'{"v":1,"id":7,"verb":"hello"}\n', P.BAD_REQUEST, None),  # wrong type of id
-    (b'{"v":1,"id":"b5","verb":"hello","args":[1]}\n', P.BAD_REQUEST, "b5"),
-    (b'{"v":2,"id":"b6","verb":"hello"}\n', P.VERSION_MISMATCH, "b6"),
-    (b'{"v":1,"id":"b7","verb":"measure","args":{}}\n', P.BAD_REQUEST, "b7"),  # missing fields
+    (b'{"v":2,"id":7,"verb":"hello"}\n', P.BAD_REQUEST, None),  # wrong type of id
+    (b'{"v":2,"id":"b5","verb":"hello","args":[1]}\n', P.BAD_REQUEST, "b5"),
+    (b'{"v":1,"id":"b6","verb":"hello"}\n', P.VERSION_MISMATCH, "b6"),
+    (b'{"v":2,"id":"b7","verb":"measure","args":{}}\n', P.BAD_REQUEST, "b7"),  # missing fields
     (
-        b'{"v":1,"id":"b8","verb":"measure","args":{"artifact":{"sha256":"'
+        b'{"v":2,"id":"b8","verb":"measure","args":{"artifact":{"sha256":"'
         + b"a" * 64
         + b'","format":"onnx"},"runtime":"onnxruntime","repeat":"ten"}}\n',
         P.BAD_REQUEST,
         "b8",
     ),
     (
-        b'{"v":1,"id":"b9","verb":"measure","args":{"artifact":{"sha256":"'
+        b'{"v":2,"id":"b9","verb":"measure","args":{"artifact":{"sha256":"'
         + b"a" * 64
         + b'","format":"onnx"},"runtime":"onnxruntime"}}\n',
         P.MISSING_ARTIFACT,
         "b9",
     ),
-    (b'{"v":1,"id":"b10","verb":"results","args":{"ids":"b9"}}\n', P.BAD_REQUEST, "b10"),
+    (b'{"v":2,"id":"b10","verb":"results","args":{"ids":"b9"}}\n', P.BAD_REQUEST, "b10"),
 ]
 
 
@@ -213,8 +213,8 @@ def test_every_bad_request_gets_an_error_and_the_agent_keeps_serving(agent):
         assert r["id"] == rid and r["result"] is None
         assert r["error"] and "\n" not in r["error"]
         agent.alive()
-    mismatch = agent.send_raw(b'{"v":2,"id":"vv","verb":"hello"}\n')
-    assert "v2" in mismatch["error"] and "v1" in mismatch["error"]
+    mismatch = agent.send_raw(b'{"v":3,"id":"vv","verb":"hello"}\n')
+    assert "v3" in mismatch["error"] and "v2" in mismatch["error"]
 
 
 def test_corrupt_artifact_keeps_serving(agent):

@@ -45,7 +45,7 @@ def _conn(tmp_path: Path) -> LocalConnection:
 def test_hello_put_list(tmp_path: Path) -> None:
     sha = hashlib.sha256(MODEL.read_bytes()).hexdigest()
     with _conn(tmp_path) as conn:
-        assert conn.hello is not None and conn.hello["protocol"] == 1
+        assert conn.hello is not None and conn.hello["protocol"] == 2
         assert conn.store_dir == str(tmp_path / "store")
         assert conn.facts.get("machine")
         put = conn.put_artifact(MODEL, sha, "onnx")

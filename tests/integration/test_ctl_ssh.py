@@ -278,7 +278,7 @@ def test_real_agent_over_ssh(sshd: SSHServer, tmp_path: Path) -> None:
     store = tmp_path / "real-store"
     cmd = real_agent_command(store) + f" --journal {tmp_path / 'journal.jsonl'}"
     with _conn(sshd, tmp_path, accept=True, agent_command=cmd) as conn:
-        assert conn.hello is not None and conn.hello["protocol"] == 1
+        assert conn.hello is not None and conn.hello["protocol"] == 2
         assert conn.store_dir == str(store)
         assert "machine" in conn.facts
         model = REPO_ROOT / "agent" / "data" / "selftest.onnx"
@@ -352,7 +352,7 @@ def test_probe(sshd: SSHServer, tmp_path: Path) -> None:
         allow_agent=False,
         store_dir="ignored for ssh devices",
     )
-    assert info["device"] == "loop" and info["protocol"] == 1
+    assert info["device"] == "loop" and info["protocol"] == 2
     assert info["facts"]["agent"] == "fake" and info["rtt_ms"] > 0
     assert info["pinned_host_key"]["fingerprint"] == sshd.host_key_fingerprint
     again = probe(

@@ -66,7 +66,7 @@ def test_defaults_follow_xdg(monkeypatch, tmp_path):
 
 def test_hello_info_list_bye(agent):
     r = ask(agent, "hello")
-    assert r["status"] == "ok" and r["result"]["protocol"] == 1
+    assert r["status"] == "ok" and r["result"]["protocol"] == P.PROTOCOL_VERSION
     assert "runtimes" in r["result"]["facts"]
     r = ask(agent, "info")
     assert set(r["result"]) == {"facts", "state"}
@@ -159,12 +159,12 @@ def test_measure_in_process_and_journal(agent, tmp_path):
 
 def test_serve_loop_with_streams(agent):
     lines = [
-        b'{"v":1,"id":"a","verb":"hello"}\n',
+        b'{"v":2,"id":"a","verb":"hello"}\n',
         b"\n",
         b"{oops\n",
-        b'{"v":1,"id":"b","verb":"list"}\n',
-        b'{"v":1,"id":"c","verb":"bye"}\n',
-        b'{"v":1,"id":"d","verb":"hello"}\n',
+        b'{"v":2,"id":"b","verb":"list"}\n',
+        b'{"v":2,"id":"c","verb":"bye"}\n',
+        b'{"v":2,"id":"d","verb":"hello"}\n',
     ]
     out = io.BytesIO()
     assert serve(agent, io.BytesIO(b"".join(lines)), out) == 0
@@ -174,9 +174,9 @@ def test_serve_loop_with_streams(agent):
 
 
 def test_serve_overlong_line_is_refused_and_loop_continues(agent):
-    big = b'{"v":1,"id":"x","verb":"hello","args":{"p":"' + b"a" * (P.MAX_LINE_BYTES + 10) + b'"}}\n'
+    big = b'{"v":2,"id":"x","verb":"hello","args":{"p":"' + b"a" * (P.MAX_LINE_BYTES + 10) + b'"}}\n'
     out = io.BytesIO()
-    serve(agent, io.BytesIO(big + b'{"v":1,"id":"ok","verb":"hello"}\n'), out)
+    serve(agent, io.BytesIO(big + b'{"v":2,"id":"ok","verb":"hello"}\n'), out)
     resp = [json.loads(x) for x in out.getvalue().splitlines()]
     assert resp[0]["status"] in (P.BAD_REQUEST, P.BAD_JSON)
     assert resp[-1]["id"] == "ok" and resp[-1]["status"] == "ok"

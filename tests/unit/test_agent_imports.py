@@ -114,9 +114,9 @@ def test_serving_process_handles_hello_without_numpy_or_runtime():
         "from nnflash_agent.serve import Agent\n"
         "d = tempfile.mkdtemp()\n"
         "a = Agent(os.path.join(d, 's'), os.path.join(d, 'j'))\n"
-        'r, _ = a.handle_line(b\'{"v":1,"id":"a","verb":"hello"}\')\n'
+        'r, _ = a.handle_line(b\'{"v":2,"id":"a","verb":"hello"}\')\n'
         "assert r['status'] == 'ok', r\n"
-        'r, _ = a.handle_line(b\'{"v":1,"id":"b","verb":"info"}\')\n'
+        'r, _ = a.handle_line(b\'{"v":2,"id":"b","verb":"info"}\')\n'
         "assert r['status'] == 'ok', r\n"
     )
     roots = {m.split(".")[0] for m in _loaded_after(code)}

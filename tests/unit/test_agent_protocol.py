@@ -16,8 +16,8 @@ def load(name: str):
     return json.loads((FIXTURES / name).read_text())
 
 
-def test_version_is_one():
-    assert P.PROTOCOL_VERSION == 1
+def test_version_is_two():
+    assert P.PROTOCOL_VERSION == 2
 
 
 def test_statuses_and_verbs_pinned():
@@ -40,16 +40,16 @@ def test_encode_is_compact_single_line_golden():
 
 
 def test_make_response_golden():
-    assert P.make_response("h-1", "ok", {"protocol": 1}) == load("response_ok.json")
+    assert P.make_response("h-1", "ok", {"protocol": 2}) == load("response_ok.json")
 
 
 def test_version_mismatch_golden_and_message_names_both_versions():
     msg = P.make_request("hello", "r-9")
-    msg["v"] = 2
+    msg["v"] = 3
     with pytest.raises(P.ProtocolError) as ei:
         P.validate_request(msg)
     assert ei.value.status == P.VERSION_MISMATCH
-    assert "v2" in ei.value.message and "v1" in ei.value.message
+    assert "v3" in ei.value.message and "v2" in ei.value.message
     assert P.error_response(ei.value) == load("response_version_mismatch.json")
 
 
@@ -84,19 +84,19 @@ def test_decode_rejects_non_bytes():
 @pytest.mark.parametrize(
     "msg, status, has_id",
     [
-        ({"v": 1, "verb": "hello"}, P.BAD_REQUEST, False),
-        ({"v": 1, "id": 5, "verb": "hello"}, P.BAD_REQUEST, False),
-        ({"v": 1, "id": "", "verb": "hello"}, P.BAD_REQUEST, False),
-        ({"v": 1, "id": "x" * 201, "verb": "hello"}, P.BAD_REQUEST, False),
+        ({"v": 2, "verb": "hello"}, P.BAD_REQUEST, False),
+        ({"v": 2, "id": 5, "verb": "hello"}, P.BAD_REQUEST, False),
+        ({"v": 2, "id": "", "verb": "hello"}, P.BAD_REQUEST, False),
+        ({"v": 2, "id": "x" * 201, "verb": "hello"}, P.BAD_REQUEST, False),
         ({"id": "a", "verb": "hello"}, P.BAD_REQUEST, True),
         ({"v": "1", "id": "a", "verb": "hello"}, P.BAD_REQUEST, True),
         ({"v": True, "id": "a", "verb": "hello"}, P.BAD_REQUEST, True),
         ({"v": 0, "id": "a", "verb": "hello"}, P.VERSION_MISMATCH, True),
-        ({"v": 1, "id": "a"}, P.BAD_REQUEST, True),
-        ({"v": 1, "id": "a", "verb": 3}, P.BAD_REQUEST, True),
-        ({"v": 1, "id": "a", "verb": "explode"}, P.UNKNOWN_VERB, True),
-        ({"v": 1, "id": "a", "verb": "hello", "args": [1]}, P.BAD_REQUEST, True),
-        ({"v": 1, "id": "a", "verb": "hello", "extra": 1}, P.BAD_REQUEST, True),
+        ({"v": 2, "id": "a"}, P.BAD_REQUEST, True),
+        ({"v": 2, "id": "a", "verb": 3}, P.BAD_REQUEST, True),
+        ({"v": 2, "id": "a", "verb": "explode"}, P.UNKNOWN_VERB, True),
+        ({"v": 2, "id": "a", "verb": "hello", "args": [1]}, P.BAD_REQUEST, True),
+        ({"v": 2, "id": "a", "verb": "hello", "extra": 1}, P.BAD_REQUEST, True),
         ([1, 2], P.BAD_REQUEST, False),
     ],
 )
@@ -109,8 +109,8 @@ def test_validate_request_errors(msg, status, has_id):
 
 
 def test_args_default_to_empty_object():
-    assert P.validate_request({"v": 1, "id": "a", "verb": "bye"}) == ("bye", "a", {})
-    assert P.validate_request({"v": 1, "id": "a", "verb": "bye", "args": None})[2] == {}
+    assert P.validate_request({"v": 2, "id": "a", "verb": "bye"}) == ("bye", "a", {})
+    assert P.validate_request({"v": 2, "id": "a", "verb": "bye", "args": None})[2] == {}
 
 
 def test_error_message_is_one_line():

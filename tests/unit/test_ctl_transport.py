@@ -256,7 +256,7 @@ def test_hello_version_mismatch_is_clear() -> None:
             return super()._check_hello(response)
 
     conn = Old(_echo)
-    with pytest.raises(TransportError, match="v99.*v1"):
+    with pytest.raises(TransportError, match="v99.*v2"):
         conn.open()
     assert not conn.alive
 
