@@ -134,8 +134,16 @@ def json_safe(obj: Any) -> Any:
 
 
 def encode(msg: Dict[str, Any]) -> bytes:
-    """Compact JSON, UTF-8, terminated by one newline. NaN/Infinity are refused (not JSON)."""
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+    """Compact JSON, UTF-8, terminated by one newline. NaN/Infinity are refused (not JSON).
+
+    A string holding a lone surrogate (a request may carry ``"\\ud800"``, valid JSON that Python
+    decodes to a string UTF-8 cannot encode) is written as its ``\\u`` escape, so every message
+    encodes and the answer to a hostile request still reaches the peer."""
+    text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(msg, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii") + b"\n"
 
 
 def decode(line: bytes | str) -> Dict[str, Any]:
@@ -181,6 +189,8 @@ def validate_request(msg: Any) -> Tuple[str, str, Dict[str, Any]]:
         raise ProtocolError(BAD_REQUEST, "field 'id' must be a non-empty string")
     if len(rid) > 200:
         raise ProtocolError(BAD_REQUEST, "field 'id' longer than 200 characters")
+    if not rid.isprintable():  # control characters, lone surrogates: not an id anyone can store
+        raise ProtocolError(BAD_REQUEST, "field 'id' must be printable text")
     if "v" not in msg:
         raise ProtocolError(BAD_REQUEST, "missing field 'v' (protocol version)", rid)
     version = msg["v"]
