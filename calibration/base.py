@@ -333,14 +333,21 @@ def load_model(path: str | Path) -> CostModel:
 
 
 def check_compatible(
-    model: CostModel, *, device: str | None = None, runtime: str | None = None, threads: int | None = None
+    model: CostModel,
+    *,
+    device: str | None = None,
+    runtime: str | None = None,
+    threads: int | None = None,
+    precision: str | None = None,
 ) -> list[str]:
-    """Warnings (one line each) when ``model`` was calibrated for another device, runtime or thread
-    count than the one it is about to predict for; empty when it matches or nothing is known."""
+    """Warnings (one line each) when ``model`` was calibrated for another device, runtime, thread
+    count or precision than the one it is about to predict for; empty when it matches or nothing is
+    known. A model without a recorded precision was calibrated before precisions existed: fp32."""
     meta = getattr(model, "metadata_", {}) or {}
     out = []
-    for key, want in (("device", device), ("runtime", runtime), ("threads", threads)):
-        have = meta.get(key)
+    checks = (("device", device), ("runtime", runtime), ("threads", threads), ("precision", precision))
+    for key, want in checks:
+        have = meta.get(key, "fp32" if key == "precision" else None)
         if want is None:
             continue
         if have is None:

@@ -43,6 +43,9 @@ from nnflash.models.spec import AnySpec
 from nnflash_agent.measure import OPTION_DEFAULTS
 from nnflash_agent.runners import RUNTIME_FORMATS
 
+#: Numeric precisions a model can be deployed at (``int8``: TFLite's static int8 quantization).
+PRECISIONS = ("fp32", "int8")
+
 
 @dataclass(frozen=True)
 class MeasureSettings:
@@ -53,6 +56,8 @@ class MeasureSettings:
 
     runtime: str = "onnxruntime"
     threads: Optional[int] = OPTION_DEFAULTS["threads"]
+    #: ``fp32``, or ``int8`` (TFLite only: the model is exported with static int8 quantization)
+    precision: str = "fp32"
     energy: str = OPTION_DEFAULTS["energy"]
     repeat: int = OPTION_DEFAULTS["repeat"]
     min_repeat_ms: float = OPTION_DEFAULTS["min_repeat_ms"]
@@ -64,9 +69,20 @@ class MeasureSettings:
     #: agent hung and restarts it (the agent enforces ``timeout_s`` itself on an isolated worker)
     answer_margin_s: float = 60.0
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.precision != "fp32" and RUNTIME_FORMATS.get(self.runtime) != "tflite":
+            raise ValueError(f"precision {self.precision} needs the tflite runtime, not {self.runtime}")
+
     @property
     def fmt(self) -> str:
         return RUNTIME_FORMATS[self.runtime]
+
+    @property
+    def quantize(self) -> Optional[str]:
+        """The export's quantization (``models.export``'s ``quantize``) for this precision."""
+        return None if self.precision == "fp32" else self.precision
 
     def agent_args(self, sha256: str) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -115,6 +131,7 @@ def measurement_row(stored: dict[str, Any]) -> dict[str, Any]:
         "device",
         "runtime",
         "threads",
+        "precision",
         "status",
         "latency_ms_median",
         "latency_ms_mean",
@@ -226,8 +243,8 @@ class Campaign:
         s = self.settings
         todo: dict[str, list[str]] = {}
         for dev in self.devices:
-            done = self.store.done_spec_ids(dev.name, s.runtime, s.threads, visit=self.visit)
-            fails = self.store.failure_counts(dev.name, s.runtime, s.threads)
+            done = self.store.done_spec_ids(dev.name, s.runtime, s.threads, visit=self.visit, precision=s.precision)
+            fails = self.store.failure_counts(dev.name, s.runtime, s.threads, precision=s.precision)
             rep = DeviceReport(dev.name)
             lst = []
             for sid in self.order:
@@ -269,6 +286,7 @@ class Campaign:
                 "devices": [d.name for d in self.devices],
                 "runtime": self.settings.runtime,
                 "threads": self.settings.threads,
+                "precision": self.settings.precision,
             }
         )
         self.result.campaign_id = cid
@@ -319,7 +337,12 @@ class Campaign:
                     break
                 spec = self.specs[sid]
                 try:
-                    art = export(spec, self.settings.fmt, self.artifacts_dir)
+                    q = self.settings.quantize
+                    art = (
+                        export(spec, self.settings.fmt, self.artifacts_dir, quantize=q)
+                        if q
+                        else export(spec, self.settings.fmt, self.artifacts_dir)
+                    )
                     self.store.add_artifact(
                         sha256=art.sha256,
                         spec_id=sid,
@@ -369,6 +392,7 @@ class Campaign:
             state=state,
             energy=energy,
             visit=self.visit,
+            precision=s.precision,
         )
         rep = self.result.devices[dev.name]
         with self._lock:
@@ -381,6 +405,7 @@ class Campaign:
             "device": dev.name,
             "runtime": s.runtime,
             "threads": s.threads,
+            "precision": s.precision,
             "status": status,
             "latency_ms_median": res.get("latency_ms_median") if isinstance(res, dict) else None,
             "latency_ms_mean": res.get("latency_ms_mean") if isinstance(res, dict) else None,

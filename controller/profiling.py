@@ -137,15 +137,17 @@ def stored_rows(
     runtime: str,
     threads: Optional[int],
     spec_ids: Optional[set[str]] = None,
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
-    """The ``ok`` measurements stored in ``db_path`` for ``devices`` (names) with ``runtime`` and
-    ``threads``, every visit, device by device in the database's order; only ``spec_ids`` if given."""
+    """The ``ok`` measurements stored in ``db_path`` for ``devices`` (names) with ``runtime``,
+    ``threads`` and ``precision``, every visit, device by device in the database's order; only
+    ``spec_ids`` if given."""
     store = ResultsDB(db_path, readonly=True)
     try:
         return [
             r
             for device in devices
-            for r in store.measurements(device=device, status="ok")
+            for r in store.measurements(device=device, status="ok", precision=precision)
             if r.get("runtime") == runtime
             and r.get("threads") == threads
             and (spec_ids is None or r.get("spec_id") in spec_ids)
@@ -211,5 +213,7 @@ def profile_in_passes(
         if result.interrupted:
             return out
     spec_ids = {s.spec_id for s in specs}
-    out.rows = stored_rows(db_path, [d.name for d in devices], settings.runtime, settings.threads, spec_ids)
+    out.rows = stored_rows(
+        db_path, [d.name for d in devices], settings.runtime, settings.threads, spec_ids, settings.precision
+    )
     return out

@@ -8,11 +8,12 @@ No measurement is stored twice:
 
 * ``measurements.request_id`` is UNIQUE: the same agent response (say, fetched again from the
   device's journal after a reconnect) is ignored the second time;
-* at most one ``ok`` row per (spec_id, device, runtime, threads, visit) (a partial unique index): a
+* at most one ``ok`` row per (spec_id, device, runtime, threads, precision, visit) (a partial unique index): a
   rerun that races another one cannot store a second success. Failed rows accumulate (they count
   towards the retry limit, see :meth:`ResultsDB.failure_count`).
 
-``visit`` numbers repeated, separate measurements of the same model: ordinary campaigns store
+``precision`` is ``fp32`` or ``int8`` (TFLite's quantized export); rows stored before it existed are
+``fp32``. ``visit`` numbers repeated, separate measurements of the same model: ordinary campaigns store
 visit 0; ``nnflash calibrate`` measures every model in several passes (visits 0, 1, ...), spread
 out in time, and fits to the least disturbed one (see ``calibration.workflow.usable_rows``).
 
@@ -191,8 +192,21 @@ def _migration_3(db: sqlite3.Connection) -> None:
     )
 
 
+def _migration_4(db: sqlite3.Connection) -> None:
+    """Numeric precision of the deployed model (``fp32``, or ``int8`` for TFLite's quantized
+    export): part of a measurement's key and of a cost model's. Existing rows were float32
+    measurements and models, so they become ``fp32`` and keep their meaning."""
+    db.execute("ALTER TABLE measurements ADD COLUMN precision TEXT NOT NULL DEFAULT 'fp32'")
+    db.execute("DROP INDEX measurements_one_ok")
+    db.execute(
+        "CREATE UNIQUE INDEX measurements_one_ok ON measurements"
+        "(spec_id, device, runtime, IFNULL(threads, -1), precision, visit) WHERE status = 'ok'"
+    )
+    db.execute("ALTER TABLE cost_models ADD COLUMN precision TEXT NOT NULL DEFAULT 'fp32'")
+
+
 #: Append-only. Migration ``i`` (1-based) takes a database at ``user_version = i - 1`` to ``i``.
-MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Columns of ``nnflash results --csv/--json`` (in this order).
@@ -203,6 +217,7 @@ EXPORT_COLUMNS = (
     "device",
     "runtime",
     "threads",
+    "precision",
     "visit",
     "status",
     "latency_ms_median",
@@ -467,10 +482,11 @@ class ResultsDB:
         state: Optional[Mapping[str, Any]] = None,
         energy: Optional[Mapping[str, Any]] = None,
         visit: int = 0,
+        precision: str = "fp32",
     ) -> bool:
         """Store one measurement (committed at once). Returns True if stored, False if it was a
         duplicate: the same ``request_id`` already stored, or an ``ok`` row already exists for this
-        (spec_id, device, runtime, threads, visit)."""
+        (spec_id, device, runtime, threads, precision, visit)."""
         if not request_id:
             raise StoreError("a measurement needs a request_id")
         if not status:
@@ -494,12 +510,13 @@ class ResultsDB:
             _dumps(energy),
             utc_now(),
             int(visit),
+            precision,
         )
         cur = self._execute(
             "INSERT INTO measurements(campaign_id, spec_id, device, runtime, threads,"
             " request_id, status, error, latency_ms_median, latency_ms_mean, latency_ms_p90,"
-            " energy_mj, samples_json, summary_json, state_json, energy_json, created_at, visit)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " energy_mj, samples_json, summary_json, state_json, energy_json, created_at, visit, precision)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             # only UNIQUE conflicts are ignored (request_id, one ok per key); NOT NULL and
             # foreign-key violations still raise
             " ON CONFLICT DO NOTHING",
@@ -517,6 +534,7 @@ class ResultsDB:
         threads: Optional[int],
         campaign_id: Optional[int] = None,
         visit: int = 0,
+        precision: str = "fp32",
     ) -> bool:
         """Store an agent's ``measure`` response as it came (see :func:`measurement_fields`)."""
         return self.add_measurement(
@@ -526,47 +544,65 @@ class ResultsDB:
             threads=threads,
             campaign_id=campaign_id,
             visit=visit,
+            precision=precision,
             **measurement_fields(response),
         )
 
     def has_request(self, request_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM measurements WHERE request_id = ?", (request_id,)))
 
-    def is_done(self, spec_id: str, device: str, runtime: str, threads: Optional[int], visit: int = 0) -> bool:
+    def is_done(
+        self,
+        spec_id: str,
+        device: str,
+        runtime: str,
+        threads: Optional[int],
+        visit: int = 0,
+        *,
+        precision: str = "fp32",
+    ) -> bool:
         """Whether an ``ok`` measurement exists for this key (``threads=None`` matches NULL)."""
         return bool(
             self._query(
                 "SELECT 1 FROM measurements WHERE spec_id = ? AND device = ? AND runtime = ?"
-                " AND threads IS ? AND visit = ? AND status = 'ok' LIMIT 1",
-                (spec_id, device, runtime, threads, int(visit)),
+                " AND threads IS ? AND precision = ? AND visit = ? AND status = 'ok' LIMIT 1",
+                (spec_id, device, runtime, threads, precision, int(visit)),
             )
         )
 
-    def done_spec_ids(self, device: str, runtime: str, threads: Optional[int], visit: int = 0) -> set[str]:
-        """Spec ids measured ``ok`` on this (device, runtime, threads, visit): for skipping in bulk."""
+    def done_spec_ids(
+        self, device: str, runtime: str, threads: Optional[int], visit: int = 0, *, precision: str = "fp32"
+    ) -> set[str]:
+        """Spec ids measured ``ok`` on this (device, runtime, threads, precision, visit): for
+        skipping in bulk."""
         rows = self._query(
             "SELECT DISTINCT spec_id FROM measurements WHERE device = ? AND runtime = ?"
-            " AND threads IS ? AND visit = ? AND status = 'ok'",
-            (device, runtime, threads, int(visit)),
+            " AND threads IS ? AND precision = ? AND visit = ? AND status = 'ok'",
+            (device, runtime, threads, precision, int(visit)),
         )
         return {r[0] for r in rows}
 
-    def failure_count(self, spec_id: str, device: str, runtime: str, threads: Optional[int]) -> int:
+    def failure_count(
+        self, spec_id: str, device: str, runtime: str, threads: Optional[int], *, precision: str = "fp32"
+    ) -> int:
         """Number of stored failed (status != 'ok') attempts for this key, over all visits (a model
         that keeps failing is given up whichever pass it fails in)."""
         rows = self._query(
             "SELECT count(*) FROM measurements WHERE spec_id = ? AND device = ? AND runtime = ?"
-            " AND threads IS ? AND status != 'ok'",
-            (spec_id, device, runtime, threads),
+            " AND threads IS ? AND precision = ? AND status != 'ok'",
+            (spec_id, device, runtime, threads, precision),
         )
         return int(rows[0][0])
 
-    def failure_counts(self, device: str, runtime: str, threads: Optional[int]) -> Dict[str, int]:
-        """``{spec_id: failed attempts}`` on this (device, runtime, threads), over all visits."""
+    def failure_counts(
+        self, device: str, runtime: str, threads: Optional[int], *, precision: str = "fp32"
+    ) -> Dict[str, int]:
+        """``{spec_id: failed attempts}`` on this (device, runtime, threads, precision), over all
+        visits."""
         rows = self._query(
             "SELECT spec_id, count(*) FROM measurements WHERE device = ? AND runtime = ?"
-            " AND threads IS ? AND status != 'ok' GROUP BY spec_id",
-            (device, runtime, threads),
+            " AND threads IS ? AND precision = ? AND status != 'ok' GROUP BY spec_id",
+            (device, runtime, threads, precision),
         )
         return {r[0]: int(r[1]) for r in rows}
 
@@ -581,6 +617,7 @@ class ResultsDB:
         device: Optional[str] = None,
         status: Optional[str] = None,
         visit: Optional[int] = None,
+        precision: Optional[str] = None,
         full: bool = False,
     ) -> List[Dict[str, Any]]:
         """Measurement rows, oldest first. ``full=True`` includes the decoded JSON columns
@@ -599,6 +636,9 @@ class ResultsDB:
         if visit is not None:
             where.append("visit = ?")
             params.append(int(visit))
+        if precision is not None:
+            where.append("precision = ?")
+            params.append(precision)
         cols = "*" if full else ", ".join(EXPORT_COLUMNS)
         sql = f"SELECT {cols} FROM measurements"
         if where:
@@ -626,19 +666,24 @@ class ResultsDB:
         runtime: str,
         threads: Optional[int],
         model_json: str | Mapping[str, Any],
+        *,
+        precision: str = "fp32",
     ) -> int:
         text = model_json if isinstance(model_json, str) else _dumps(model_json)
         cur = self._execute(
-            "INSERT INTO cost_models(device, runtime, threads, json, created_at) VALUES (?, ?, ?, ?, ?)",
-            (device, runtime, threads, text, utc_now()),
+            "INSERT INTO cost_models(device, runtime, threads, json, created_at, precision) VALUES (?, ?, ?, ?, ?, ?)",
+            (device, runtime, threads, text, utc_now(), precision),
         )
         return int(cur.lastrowid or 0)
 
-    def latest_cost_model(self, device: str, runtime: str, threads: Optional[int]) -> Optional[Dict[str, Any]]:
+    def latest_cost_model(
+        self, device: str, runtime: str, threads: Optional[int], *, precision: str = "fp32"
+    ) -> Optional[Dict[str, Any]]:
         """The newest cost model's row for this key (``json`` is the saved model text), or None."""
         rows = self._query(
-            "SELECT * FROM cost_models WHERE device = ? AND runtime = ? AND threads IS ? ORDER BY id DESC LIMIT 1",
-            (device, runtime, threads),
+            "SELECT * FROM cost_models WHERE device = ? AND runtime = ? AND threads IS ? AND precision = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (device, runtime, threads, precision),
         )
         return dict(rows[0]) if rows else None
 

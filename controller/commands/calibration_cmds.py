@@ -11,7 +11,7 @@ from typing import Any, Optional
 import click
 
 from nnflash.calibration.errors import CostModelError
-from nnflash.controller.commands.common import counting_options
+from nnflash.controller.commands.common import check_precision, counting_options, precision_option
 from nnflash.controller.store import DEFAULT_DB_NAME
 from nnflash_agent.runners import RUNTIMES
 
@@ -36,6 +36,7 @@ def _warn(msg: str) -> None:
 @click.option("--device", default=None, help="Warn if the cost model was calibrated for another device.")
 @click.option("--runtime", default=None, help="Warn if the cost model was calibrated for another runtime.")
 @click.option("--threads", type=int, default=None, help="Warn if calibrated for another thread count.")
+@click.option("--precision", default=None, help="Warn if calibrated for another precision (fp32, int8).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per spec.")
 def predict_cmd(
     cost_path: str,
@@ -43,6 +44,7 @@ def predict_cmd(
     device: Optional[str],
     runtime: Optional[str],
     threads: Optional[int],
+    precision: Optional[str],
     as_json: bool,
 ) -> None:
     """Predict the latency (and energy, where the model has it) of every spec in SPECS.jsonl."""
@@ -50,7 +52,7 @@ def predict_cmd(
     from nnflash.models.spec import load_specs_jsonl
 
     model = load_model(cost_path)
-    for w in check_compatible(model, device=device, runtime=runtime, threads=threads):
+    for w in check_compatible(model, device=device, runtime=runtime, threads=threads, precision=precision):
         _warn(w)
     specs = load_specs_jsonl(specs_file)
     rows: list[dict[str, Any]] = []
@@ -99,6 +101,7 @@ def _profile(
     passes: int = 1,
     repeat: int = 20,
     min_repeat_ms: float = 50.0,
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Measure ``specs`` on ``device`` in ``passes`` passes (:func:`profile_in_passes`) with
     progress bars on stderr; the stored rows of these specs, every visit. An interrupted pass
@@ -118,7 +121,12 @@ def _profile(
 
     devices = devices_from(load_inventory(inventory), device)
     settings = MeasureSettings(
-        runtime=runtime, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, energy=energy
+        runtime=runtime,
+        threads=threads,
+        repeat=repeat,
+        min_repeat_ms=min_repeat_ms,
+        energy=energy,
+        precision=precision,
     )
     console = Console(stderr=True)
     done = profile_in_passes(
@@ -175,6 +183,7 @@ def _device_facts(db_path: str, device: str) -> Optional[dict[str, Any]]:
     "--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True, help="Runtime on the device."
 )
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's).")
+@precision_option
 @click.option("--budget", type=int, default=25, show_default=True, help="Models to profile.")
 @click.option(
     "--db",
@@ -227,6 +236,7 @@ def calibrate_cmd(
     device: str,
     runtime: str,
     threads: Optional[int],
+    precision: str,
     budget: int,
     db_path: str,
     inventory_path: Optional[str],
@@ -259,6 +269,7 @@ def calibrate_cmd(
 
     if model_kind not in COST_MODELS or COST_MODELS[model_kind].target != "latency_ms":
         raise CostModelError(f"--model: must be a latency model (roofline, linear, macs), got {model_kind!r}")
+    check_precision(runtime, precision)
     if threads is not None and threads < 1:
         raise CostModelError(f"--threads: must be a positive integer, got {threads}")
     if budget < 1:
@@ -278,10 +289,11 @@ def calibrate_cmd(
             raise CostModelError(f"--db: {db_path} does not exist (nothing to refit from)")
         from nnflash.controller.profiling import stored_rows
 
-        rows = stored_rows(db_path, [device], runtime, threads)
+        rows = stored_rows(db_path, [device], runtime, threads, precision=precision)
         if not rows:
             raise CostModelError(
-                f"no ok measurements in {db_path} for device {device!r}, runtime {runtime!r}, threads {threads}"
+                f"no ok measurements in {db_path} for device {device!r}, runtime {runtime!r}, threads {threads}, "
+                f"precision {precision}"
             )
         specs_by_id = _stored_specs(db_path, {str(r["spec_id"]) for r in rows})
         specs, lat, en, skipped = usable_rows(specs_by_id, rows)
@@ -306,6 +318,7 @@ def calibrate_cmd(
                 passes=passes,
                 repeat=repeat,
                 min_repeat_ms=min_repeat_ms,
+                precision=precision,
             )
 
         result = calibrate(candidates, budget, profile, model=model_kind, seed=seed, log=log)
@@ -317,6 +330,7 @@ def calibrate_cmd(
         device_facts=facts,
         runtime=runtime,
         threads=threads,
+        precision=precision,
         cv=result.cv,
         energy_cv=result.energy_cv,
         space=space_name,
@@ -332,7 +346,7 @@ def calibrate_cmd(
 
         store = ResultsDB(db_path)
         try:
-            store.add_cost_model(device, runtime, threads, out.read_text())
+            store.add_cost_model(device, runtime, threads, out.read_text(), precision=precision)
         finally:
             store.close()
     except Exception as e:  # the file is the product; the database copy is a convenience
@@ -341,6 +355,7 @@ def calibrate_cmd(
         "device": device,
         "runtime": runtime,
         "threads": threads,
+        "precision": precision,
         "model": model_kind,
         "measured": len(result.specs),
         "passes": None if from_db else passes,
@@ -355,7 +370,7 @@ def calibrate_cmd(
         _emit(_clean(report))
         return
     click.echo(
-        f"{len(result.specs)} models measured on {device} ({runtime}, threads {threads})"
+        f"{len(result.specs)} models measured on {device} ({runtime}, threads {threads}, {precision})"
         + ("" if from_db else f" in {passes} pass{'es' if passes > 1 else ''}, each model's least disturbed one kept")
         + (f"; {len(result.skipped)} skipped (failed)" if result.skipped else "")
     )

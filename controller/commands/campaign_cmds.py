@@ -16,6 +16,7 @@ from nnflash.controller.campaign import MeasureSettings
 from nnflash.controller.commands.campaign_view import ProgressView, print_summary, progress_bars
 from nnflash.controller.commands.common import (
     artifacts_dir_for,
+    check_precision,
     connection_options,
     counting_options,
     db_option,
@@ -23,6 +24,7 @@ from nnflash.controller.commands.common import (
     emit_json,
     inventory_option,
     load_inventory,
+    precision_option,
 )
 from nnflash.controller.errors import ConfigError
 from nnflash.controller.profiling import run_campaign
@@ -100,8 +102,15 @@ def _first_line(text: str) -> str:
 
 
 def _settings(
-    runtime: str, threads: Optional[int], repeat: int, min_repeat_ms: float, timeout_s: float, energy: str
+    runtime: str,
+    threads: Optional[int],
+    repeat: int,
+    min_repeat_ms: float,
+    timeout_s: float,
+    energy: str,
+    precision: str = "fp32",
 ) -> MeasureSettings:
+    check_precision(runtime, precision)
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads: must be a positive integer, got {threads}")
     if repeat < 1:
@@ -109,7 +118,13 @@ def _settings(
     if timeout_s <= 0:
         raise ConfigError(f"--timeout: must be positive, got {timeout_s}")
     return MeasureSettings(
-        runtime=runtime, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, timeout_s=timeout_s, energy=energy
+        runtime=runtime,
+        threads=threads,
+        repeat=repeat,
+        min_repeat_ms=min_repeat_ms,
+        timeout_s=timeout_s,
+        energy=energy,
+        precision=precision,
     )
 
 
@@ -124,6 +139,7 @@ def _settings(
 )
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="onnxruntime", show_default=True)
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's).")
+@precision_option
 @counting_options(OPTION_DEFAULTS["repeat"], OPTION_DEFAULTS["min_repeat_ms"], "Timed repeats per model.")
 @click.option("--energy", default="none", show_default=True, help="Energy meter on the device.")
 @click.option(
@@ -149,6 +165,7 @@ def profile_cmd(
     device_names: str,
     runtime: str,
     threads: Optional[int],
+    precision: str,
     repeat: int,
     min_repeat_ms: float,
     energy: str,
@@ -163,8 +180,8 @@ def profile_cmd(
     Resumable: a rerun skips what was measured ok and retries failures up to --max-attempts.
     Ctrl-C stops cleanly (measurements in flight are finished and stored).
     """
+    settings = _settings(runtime, threads, repeat, min_repeat_ms, timeout_s, energy, precision)
     specs = load_specs_jsonl(specs_file)
-    settings = _settings(runtime, threads, repeat, min_repeat_ms, timeout_s, energy)
     devices = devices_from(load_inventory(inventory_path), device_names)
     console = Console(stderr=True)
     result = run_campaign(
@@ -211,7 +228,7 @@ def results_cmd(db_path: str, as_json: bool, as_csv: bool, device: Optional[str]
             emit_json(r)
         return
     t = Table(title=f"{len(rows)} measurement(s) in {db_path}")
-    for col in ("spec_id", "device", "runtime", "threads", "status", "median ms", "p90 ms", "energy mJ"):
+    for col in ("spec_id", "device", "runtime", "threads", "precision", "status", "median ms", "p90 ms", "energy mJ"):
         t.add_column(col)
     for r in rows:
 
@@ -223,6 +240,7 @@ def results_cmd(db_path: str, as_json: bool, as_csv: bool, device: Optional[str]
             str(r.get("device")),
             str(r.get("runtime")),
             str(r.get("threads") or "-"),
+            str(r.get("precision") or "fp32"),
             str(r.get("status")),
             f(r.get("latency_ms_median")),
             f(r.get("latency_ms_p90")),

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 import click
 
+from nnflash.controller.campaign import PRECISIONS
 from nnflash.controller.errors import ConfigError
 from nnflash.controller.inventory import Device, Inventory, default_ssh_config_path, resolve_inventory_path
 from nnflash.controller.store import DEFAULT_DB_NAME
@@ -82,3 +83,19 @@ def artifacts_dir_for(db_path: str) -> Path:
 
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, separators=(",", ":")))
+
+
+def precision_option(f: Any) -> Any:
+    return click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="fp32",
+        show_default=True,
+        help="Numeric precision of the deployed model; int8 (TFLite only) measures the static int8 quantized export.",
+    )(f)
+
+
+def check_precision(runtime: str, precision: str) -> None:
+    """A one-line error for a precision the runtime cannot run (int8 is TFLite's quantized export)."""
+    if precision != "fp32" and runtime != "tflite":
+        raise ConfigError(f"--precision {precision}: needs --runtime tflite (got {runtime})")
