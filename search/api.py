@@ -1,0 +1,303 @@
+"""The search's entry points: :func:`search`, :func:`pareto_front`, :func:`recheck`, :func:`evaluate`.
+
+Every method proposes candidate designs from its own (vectorized) view of the costs; every design
+it returns passes through :func:`recheck`, which predicts each cost of the final integer spec with
+the full ``CostModel.predict``; a candidate that misses a limit there is dropped and the next one
+taken, so nothing returned violates a limit whatever the method's internals did.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from nnflash.models.metrics import dense_params_macs, nn_degree, nn_mass
+from nnflash.models.space import Space
+from nnflash.models.spec import DenseSpec
+from nnflash.search.memory import peak_memory_mb
+from nnflash.search.types import (
+    COST_LIMITS,
+    METHODS,
+    Deployment,
+    Design,
+    Limits,
+    Objective,
+    SearchError,
+    SearchResult,
+)
+
+# ------------------------------------------------------------------------------ checks
+
+
+def check_deployments(space: Space, deployments: Sequence[Deployment]) -> None:
+    """Clear errors for an empty list, cost models of several devices mixed, or cost models fitted
+    for another input shape or class count than ``space``'s (where their metadata records it)."""
+    if not deployments:
+        raise SearchError("search: give at least one cost model (deployment)")
+    for d in deployments:
+        if not isinstance(d, Deployment):
+            raise SearchError(f"search: deployments must be Deployment objects, got {type(d).__name__}")
+    devices = sorted({str(d.device) for d in deployments if d.device is not None})
+    if len(devices) > 1:
+        raise SearchError(
+            f"search: the cost models are of several devices ({', '.join(devices)}); co-design chooses among "
+            "configurations of one device, so search each device separately"
+        )
+    for d in deployments:
+        for model in (d.latency_model, d.energy_model):
+            if model is None:
+                continue
+            meta = getattr(model, "metadata_", {}) or {}
+            shape = meta.get("input_shape")
+            if shape and list(shape) != list(space.input_shape):
+                raise SearchError(
+                    f"search: cost model {d.label} was calibrated on {'x'.join(map(str, shape))} inputs; space "
+                    f"{space.name!r} has {'x'.join(map(str, space.input_shape))}"
+                )
+            sp = meta.get("space")
+            if sp and sp != space.name:
+                raise SearchError(f"search: cost model {d.label} was calibrated on space {sp!r}, not {space.name!r}")
+
+
+def _check_limits(limits: Limits, deployments: Sequence[Deployment], margin: float) -> None:
+    if not isinstance(limits, Limits):
+        raise SearchError(f"search: limits must be a Limits object, got {type(limits).__name__}")
+    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and 0 <= margin < 1):
+        raise SearchError(f"margin: must be a number in [0, 1), got {margin!r}")
+    if limits.max_energy_mj is not None and any(d.energy_model is None for d in deployments):
+        missing = [d.label for d in deployments if d.energy_model is None]
+        raise SearchError(f"max_energy_mj: cost model {missing[0]} predicts no energy (calibrate with an energy meter)")
+    if limits.max_area_mm2 is not None:
+        raise SearchError("max_area_mm2: none of the cost models has an area (only hardware models do)")
+
+
+def default_margin(deployment: Deployment) -> float:
+    """The relative safety margin that the latency model's cross-validation suggests: its 90th
+    percentile of ``|predicted / measured - 1|`` when the metadata records one (``cv.p90``, a
+    fraction), else ``1.645 * RMSPE`` (the 90th percentile of ``|e|`` for normal errors); 0 when the
+    model records no cross-validation."""
+    meta = getattr(deployment.latency_model, "metadata_", {}) or {}
+    cv = meta.get("cv") or {}
+    p90 = cv.get("p90")
+    if isinstance(p90, (int, float)) and math.isfinite(p90) and 0 <= p90 < 1:
+        return float(p90)
+    rmspe = cv.get("rmspe")
+    if isinstance(rmspe, (int, float)) and math.isfinite(rmspe) and rmspe >= 0:
+        return float(min(1.645 * rmspe / 100.0, 0.5))
+    return 0.0
+
+
+# ------------------------------------------------------------------------------ the full path
+
+
+def _metric(spec: DenseSpec, metric: str) -> float:
+    d = np.array([[c.depth for c in spec.cells]])
+    w = np.array([[c.width for c in spec.cells]])
+    t = np.array([[c.tc for c in spec.cells]])
+    return float((nn_degree if metric == "nn_degree" else nn_mass)(d, w, t)[0])
+
+
+def _costs(spec: DenseSpec, deployment: Deployment) -> dict[str, Optional[float]]:
+    d = np.array([[c.depth for c in spec.cells]])
+    w = np.array([[c.width for c in spec.cells]])
+    t = np.array([[c.tc for c in spec.cells]])
+    params, macs = dense_params_macs(
+        d, w, t, conv=spec.conv, input_shape=spec.input_shape, num_classes=spec.num_classes
+    )
+    latency = float(deployment.latency_model.predict([spec])[0])
+    energy = None
+    if deployment.energy_model is not None:
+        energy = float(deployment.energy_model.predict([spec])[0])
+    return {
+        "latency_ms": latency,
+        "energy_mj": energy,
+        "params": float(params[0]),
+        "macs": float(macs[0]),
+        "peak_memory_mb": peak_memory_mb(spec),
+        "area_mm2": None,
+    }
+
+
+def _margins(costs: dict[str, Optional[float]], limits: Limits) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, limit in limits.given().items():
+        value = costs.get(name[4:])
+        out[name] = -math.inf if value is None else 1.0 - float(value) / limit
+    return out
+
+
+def recheck(
+    design_or_spec: Union[Design, DenseSpec], deployment: Optional[Deployment], limits: Limits, margin: float = 0.0
+) -> dict[str, float]:
+    """The margin of a design (or spec) to every given limit, ``1 - value / limit``, from the full
+    cost models (``CostModel.predict`` on the final integer spec) and the exact counts. With
+    ``deployment=None`` a :class:`Design`'s own deployment is used.
+
+    A design meets the limits when every margin is ``>= 0`` and the cost limits' margins
+    (latency, energy) are ``>= margin``: :func:`meets` says so."""
+    dep: Optional[Deployment] = deployment
+    if isinstance(design_or_spec, Design):
+        spec = design_or_spec.spec
+        dep = deployment if deployment is not None else design_or_spec.deployment
+    else:
+        spec = design_or_spec
+    if dep is None:
+        raise SearchError("recheck: a spec needs a deployment")
+    return _margins(_costs(spec, dep), limits)
+
+
+def meets(margins: dict[str, float], margin: float = 0.0) -> bool:
+    """Whether :func:`recheck`'s ``margins`` meet every limit (cost limits by at least ``margin``)."""
+    return all(m >= (margin if k in COST_LIMITS else 0.0) for k, m in margins.items())
+
+
+def evaluate(spec: DenseSpec, deployment: Deployment, objective: Objective, limits: Optional[Limits] = None) -> Design:
+    """A :class:`Design` of ``spec`` on ``deployment``, every value from the full path (cost models'
+    ``predict``, the predictor's ``predict``, exact counts)."""
+    costs = _costs(spec, deployment)
+    if objective.predictor is not None:
+        value = float(objective.predictor.predict([spec])[0])
+        accuracy: Optional[float] = value
+    else:
+        accuracy = None
+        value = _metric(spec, objective.metric)
+    return Design(
+        spec=spec,
+        deployment=deployment,
+        objective_name=objective.name,
+        objective=value,
+        accuracy=accuracy,
+        latency_ms=float(costs["latency_ms"]),  # type: ignore[arg-type]
+        energy_mj=costs["energy_mj"],
+        params=int(costs["params"]),  # type: ignore[arg-type]
+        macs=int(costs["macs"]),  # type: ignore[arg-type]
+        peak_memory_mb=float(costs["peak_memory_mb"]),  # type: ignore[arg-type]
+        area_mm2=None,
+        margins=_margins(costs, limits or Limits()),
+    )
+
+
+# ------------------------------------------------------------------------------ the methods
+
+
+def build_tables(space: Space, deployments: Sequence[Deployment], objective: Objective) -> Any:
+    """The exact method's one-time tables (per-cell costs and Pareto fronts keyed on the coupling
+    state, for every deployment); pass them to :func:`search` / :func:`pareto_front` as ``tables=``."""
+    from nnflash.search.exact import ExactTables
+
+    check_deployments(space, deployments)
+    objective.check_space(space)
+    return ExactTables.build(space, list(deployments), objective)
+
+
+def _finalize(
+    candidates: Sequence[tuple[DenseSpec, Deployment]],
+    objective: Objective,
+    limits: Limits,
+    margin: float,
+    top_k: int,
+) -> list[Design]:
+    """Re-check candidates (best first) with the full path; keep the first ``top_k`` distinct ones
+    that meet every limit."""
+    out: list[Design] = []
+    seen: set[tuple[str, int]] = set()
+    for spec, dep in candidates:
+        key = (spec.spec_id, id(dep))
+        if key in seen:
+            continue
+        seen.add(key)
+        design = evaluate(spec, dep, objective, limits)
+        if meets(design.margins, margin):
+            out.append(design)
+            if len(out) >= top_k:
+                break
+    return out
+
+
+def search(
+    space: Space,
+    deployments: Sequence[Deployment],
+    objective: Objective,
+    limits: Limits,
+    *,
+    method: str = "exact",
+    top_k: int = 1,
+    margin: float = 0.0,
+    seed: int = 0,
+    tables: Any = None,
+    evaluations: Optional[int] = None,
+) -> SearchResult:
+    """The best ``top_k`` designs of ``space`` (over every deployment) under ``limits``.
+
+    ``margin`` keeps predicted latency and energy that share inside their limits. ``evaluations``
+    sets the ``random`` method's number of full-network evaluations (default: what ``shgo`` uses,
+    :data:`nnflash.search.shgo.DEFAULT_EVALUATIONS`). Raises :class:`Infeasible` when no design
+    meets the limits, :class:`SearchError` for bad arguments."""
+    if method not in METHODS:
+        raise SearchError(f"method: unknown method {method!r} (known: {', '.join(METHODS)})")
+    if not (isinstance(top_k, int) and top_k >= 1):
+        raise SearchError(f"top_k: must be a positive integer, got {top_k!r}")
+    check_deployments(space, deployments)
+    objective.check_space(space)
+    _check_limits(limits, deployments, margin)
+    deps = list(deployments)
+    build_s = 0.0
+    if method == "exact":
+        from nnflash.search.exact import ExactTables, exact_candidates
+
+        if tables is None:
+            t0 = time.perf_counter()
+            tables = ExactTables.build(space, deps, objective)
+            build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cands, n_eval = exact_candidates(tables, limits, margin, top_k)
+    elif method == "shgo":
+        from nnflash.search.shgo import shgo_candidates
+
+        t0 = time.perf_counter()
+        cands, n_eval = shgo_candidates(space, deps, objective, limits, margin, top_k, seed)
+    else:
+        from nnflash.search.randomsearch import random_candidates
+
+        t0 = time.perf_counter()
+        cands, n_eval = random_candidates(space, deps, objective, limits, margin, top_k, seed, evaluations)
+    designs = _finalize(cands, objective, limits, margin, top_k)
+    elapsed = time.perf_counter() - t0
+    if not designs:
+        from nnflash.search.infeasible import diagnose
+
+        raise diagnose(space, deps, objective, limits, margin, method=method)
+    return SearchResult(designs=designs, method=method, time_s=elapsed, build_s=build_s, evaluations=n_eval)
+
+
+def pareto_front(
+    space: Space,
+    deployments: Sequence[Deployment],
+    objective: Objective,
+    *,
+    against: str = "latency",
+    limits: Optional[Limits] = None,
+    tables: Any = None,
+) -> list[Design]:
+    """The exact front of the objective against ``latency`` or ``energy`` over every deployment:
+    each design on it has the best objective of any design at most as costly (and meeting
+    ``limits``), sorted by cost; computed from the exact tables, not sampled, and every point
+    re-checked with the full path."""
+    from nnflash.search.exact import ExactTables, exact_front
+
+    if against not in ("latency", "energy"):
+        raise SearchError(f"against: must be latency or energy, got {against!r}")
+    check_deployments(space, deployments)
+    objective.check_space(space)
+    lim = limits or Limits()
+    deps = list(deployments)
+    _check_limits(lim, deps, 0.0)
+    if against == "energy" and any(d.energy_model is None for d in deps):
+        raise SearchError("pareto_front: against energy needs an energy model for every deployment")
+    if tables is None:
+        tables = ExactTables.build(space, deps, objective)
+    return exact_front(tables, against, lim)
