@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any, Iterator, Optional
+from typing import IO, Any, Iterator, Optional
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "sha256_file"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "sha256_file", "sha256_stream"]
 
 
 def _sha256() -> Any:
@@ -31,13 +31,18 @@ def _sha256() -> Any:
 
 def sha256_file(path: os.PathLike[str] | str, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file's bytes."""
-    h = _sha256()
     with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
+        return sha256_stream(f, chunk)
+
+
+def sha256_stream(f: IO[bytes], chunk: int = 1 << 20) -> str:
+    """The hex sha256 of what is left to read in an open binary file."""
+    h = _sha256()
+    while True:
+        block = f.read(chunk)
+        if not block:
+            break
+        h.update(block)
     return h.hexdigest()
 
 
