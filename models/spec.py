@@ -23,11 +23,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Union
 
 import numpy as np
 
 from nnflash.models.errors import SpecError
+
+if TYPE_CHECKING:
+    from nnflash.models.nb201 import Nb201Spec
 
 # --------------------------------------------------------------------------------------------
 # validation helpers: every message names the field and the problem, on one line
@@ -519,7 +522,7 @@ class MobileNetV2Spec(Spec):
 
 # ---------------------------------------------------------------------------------- registry
 
-AnySpec = Union[DenseSpec, MlpSpec, ResNetSpec, MobileNetV2Spec]
+AnySpec = Union[DenseSpec, MlpSpec, ResNetSpec, MobileNetV2Spec, "Nb201Spec"]
 
 FAMILIES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "dense": DenseSpec.from_dict,
@@ -607,8 +610,29 @@ def load_spec_file(path: str | Path) -> AnySpec:
         raise SpecError(f"{p}: {e}") from None
 
 
+def spec_of_line(obj: Mapping[str, Any] | str) -> AnySpec:
+    """The spec of one JSON line: a spec object, or a design written by ``nnflash search`` (an
+    object holding the spec under ``"spec"``, with its ``spec_id`` beside it, which must match)."""
+    if isinstance(obj, str):
+        try:
+            obj = json.loads(obj)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if isinstance(obj, Mapping) and "family" not in obj and "spec" in obj:
+        inner = obj["spec"]
+        if not isinstance(inner, Mapping):
+            raise SpecError(f"spec: a design's spec must be a JSON object, got {type(inner).__name__}")
+        spec = parse_spec(inner)
+        claimed = obj.get("spec_id")
+        if claimed is not None and claimed != spec.spec_id:
+            raise SpecError(f"spec_id: {json.dumps(claimed)} does not match the design's spec ({spec.spec_id})")
+        return spec
+    return parse_spec(obj)
+
+
 def load_specs_jsonl(path: str | Path) -> list[AnySpec]:
-    """Read a JSON-lines file of specs (blank lines ignored); errors name the line."""
+    """Read a JSON-lines file of specs (blank lines ignored); errors name the line. A line may also
+    be a design written by ``nnflash search`` (see :func:`spec_of_line`): its ``spec`` is taken."""
     p = Path(path)
     try:
         lines = p.read_text().splitlines()
@@ -621,9 +645,13 @@ def load_specs_jsonl(path: str | Path) -> list[AnySpec]:
         if not line.strip():
             continue
         try:
-            out.append(parse_spec(line))
+            out.append(spec_of_line(line))
         except SpecError as e:
             raise SpecError(f"{p}:{n}: {e}") from None
     if not out:
         raise SpecError(f"{p}: no specs in file")
     return out
+
+
+# the nb201 family registers itself in FAMILIES (models/nb201.py imports this module)
+import nnflash.models.nb201  # noqa: E402, F401
