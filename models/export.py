@@ -39,8 +39,16 @@ one shared manifest, so parallel or interrupted exports never race on, or corrup
 :func:`read_manifest` gathers them) recording the spec id, format, quantization, sha256, size,
 exporter and toolchain versions, opset, errors, tolerance and export seconds.
 
+Trained weights
+---------------
+``weights=`` (the state dict ``nnflash train`` stores, written by ``torch.save``) is loaded, strictly,
+into the spec's module before it is exported and verified, so the file computes what the trained
+network computes; a state dict that does not fit the spec is an :class:`ExportError`. The weights'
+sha256 is recorded in the sidecar (``weights_sha256``) and is part of the cache key.
+
 The cache key is the sha256 of the spec's canonical JSON, the format, the quantization, the
-exporter, opset, verification settings and the versions of every tool that touches the file. An
+exporter, opset, verification settings, the weights' sha256 (if any) and the versions of every tool
+that touches the file. An
 export whose sidecar holds the same key, and whose file still has the recorded sha256, is a cache
 hit and is not rebuilt. Files are written to a temporary directory inside the output directory and
 renamed into place (artifact first, then sidecar) so that a failed or interrupted export never
@@ -81,6 +89,7 @@ __all__ = [
     "export_many",
     "export_module",
     "export_spec",
+    "load_weights",
     "read_manifest",
     "relative_error",
     "toolchain_versions",
@@ -124,6 +133,9 @@ class Artifact:
     input_shape: tuple[int, ...]
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
+    #: sha256 of the trained weights (a ``torch.save``d state dict) loaded into the module before
+    #: export; None: the module's seeded initialization
+    weights_sha256: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -499,6 +511,7 @@ def _cache_key(
     seed: int,
     tolerance: float,
     versions: Mapping[str, str],
+    weights_sha256: Optional[str] = None,
 ) -> str:
     payload = {
         "spec": _spec_canonical(spec),
@@ -511,6 +524,8 @@ def _cache_key(
         "versions": dict(versions),
         "export_format_version": EXPORT_FORMAT_VERSION,
     }
+    if weights_sha256 is not None:  # absent otherwise, so existing cache entries stay valid
+        payload["weights_sha256"] = weights_sha256
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -546,6 +561,7 @@ def _load_cached(path: Path, sidecar: Path, cache_key: str) -> Optional[Artifact
             input_shape=tuple(meta["input_shape"]),
             input_name=meta.get("input_name", INPUT_NAME),
             output_name=meta.get("output_name", OUTPUT_NAME),
+            weights_sha256=meta.get("weights_sha256"),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -555,6 +571,30 @@ def _default_build(spec: Any) -> Any:
     from nnflash.models.builder import build_module
 
     return build_module(spec)
+
+
+def load_weights(module: Any, weights: str | os.PathLike[str], spec_id: str) -> Any:
+    """Load a state dict saved by ``torch.save`` (what ``nnflash train`` stores) into ``module``,
+    strictly; returns the module. Clear :class:`ExportError` for a missing, unreadable or foreign file."""
+    import torch
+
+    p = Path(weights)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ExportError(f"weights {p}: no such file") from None
+    except Exception as exc:
+        raise ExportError(f"weights {p}: cannot read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, Mapping):
+        raise ExportError(f"weights {p}: not a state dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ExportError(
+            f"weights {p} do not fit spec {spec_id}: {first[1].strip() if len(first) > 1 else first[0]}"
+        ) from None
+    return module
 
 
 def _as_spec(spec: Any) -> Any:
@@ -578,12 +618,14 @@ def export_spec(
     tolerance: Optional[float] = None,
     seed: int = 0,
     force: bool = False,
+    weights: str | os.PathLike[str] | None = None,
 ) -> Artifact:
     """Export ``spec`` to ``out_dir/<spec_id>.<fmt>`` (verified), or return the cached artifact.
 
     ``spec`` is a spec object (anything with ``spec_id`` and ``input_shape``) or a spec dict / JSON
     text. The module comes from ``module`` if given, else ``build(spec)`` (default
     ``models.builder.build_module``); it is built only on a cache miss. ``force`` skips the cache.
+    ``weights``: a trained state dict to load into the module first (see the module docstring).
     """
     spec = _as_spec(spec)
     _check_format(fmt, quantize)
@@ -598,7 +640,22 @@ def export_spec(
     sidecar = path.with_name(path.name + ".json")
     versions = toolchain_versions(fmt, quantize)
     ex = exporter if fmt == "onnx" else "litert"
-    key = _cache_key(spec, fmt, quantize, exporter=ex, opset=opset, seed=seed, tolerance=tol, versions=versions)
+    weights_sha = None
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ExportError(f"weights {weights}: no such file")
+        weights_sha = sha256_file(Path(weights))
+    key = _cache_key(
+        spec,
+        fmt,
+        quantize,
+        exporter=ex,
+        opset=opset,
+        seed=seed,
+        tolerance=tol,
+        versions=versions,
+        weights_sha256=weights_sha,
+    )
     if not force:
         hit = _load_cached(path, sidecar, key)
         if hit is not None:
@@ -607,6 +664,8 @@ def export_spec(
     t0 = time.perf_counter()
     if module is None:
         module = (build or _default_build)(spec)
+    if weights is not None:
+        module = load_weights(module, weights, spec_id)
     max_abs, max_rel = export_module(
         module,
         input_shape,
@@ -636,6 +695,7 @@ def export_spec(
         export_s=export_s,
         cache_key=key,
         input_shape=input_shape,
+        weights_sha256=weights_sha,
     )
     meta = artifact.to_dict()
     meta["family"] = getattr(spec, "family", None)
@@ -653,9 +713,13 @@ def export_many(
     build: Optional[Callable[[Any], Any]] = None,
     progress: Optional[ProgressCallback] = None,
     keep_going: bool = True,
+    weights: Optional[Mapping[str, str | os.PathLike[str]]] = None,
     **kwargs: Any,
 ) -> list[ExportOutcome]:
     """Export every spec to every format; one :class:`ExportOutcome` per (spec, format).
+
+    ``weights`` maps spec ids to trained state dicts (see :func:`export_spec`); specs not in it are
+    exported with their seeded initialization.
 
     ``quantize`` applies to the tflite format only (onnx stays float32). Each spec's module is built
     at most once (only on a cache miss). ``progress(done, total, outcome)`` is called after each
@@ -681,7 +745,8 @@ def export_many(
         for fmt in formats:
             q = quantize if fmt == "tflite" else None
             try:
-                art = export_spec(spec, fmt, out_dir, quantize=q, build=lazy_build, **kwargs)
+                w = (weights or {}).get(str(spec.spec_id))
+                art = export_spec(spec, fmt, out_dir, quantize=q, build=lazy_build, weights=w, **kwargs)
                 outcome = ExportOutcome(str(spec.spec_id), fmt, q, art, None)
             except ExportError as exc:
                 if not keep_going:

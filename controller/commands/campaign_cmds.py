@@ -40,11 +40,30 @@ from nnflash_agent.runners import RUNTIMES
 @click.option("--format", "formats", default="onnx", show_default=True, help="Comma-separated formats: onnx, tflite.")
 @click.option("--int8", is_flag=True, help="TFLite: int8 post-training quantization (random representative data).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option(
+    "--trained",
+    is_flag=True,
+    help="Load the weights `nnflash train` stored for each spec (in --db; the best validation accuracy "
+    "if trained several times) before exporting; specs never trained are exported untrained, with a warning.",
+)
+@click.option("--dataset", default=None, help="With --trained: only trainings on this dataset.")
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per artifact.")
-def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json: bool) -> None:
+def export_cmd(
+    specs_file: str,
+    formats: str,
+    int8: bool,
+    out_dir: str,
+    trained: bool,
+    dataset: Optional[str],
+    db_path: str,
+    as_json: bool,
+) -> None:
     """Export specs to ONNX and/or TFLite, verified against torch, content-addressed and cached.
 
-    Each spec's torch module is built once for all the formats (only when one is not cached)."""
+    Each spec's torch module is built once for all the formats (only when one is not cached).
+    SPECS.jsonl may also hold the designs `nnflash search` writes."""
+    from nnflash.controller.weights import trained_weights
     from nnflash.models.export import FORMATS, ExportOutcome, export_many
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
@@ -54,8 +73,16 @@ def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json:
     if int8 and "tflite" not in fmts:
         raise ConfigError("--int8 applies to the tflite format only")
     quantize = "int8" if int8 else None
+    if dataset is not None and not trained:
+        raise ConfigError("--dataset applies with --trained only")
+    if trained and not Path(db_path).exists():
+        raise ConfigError(f"--db: {db_path} does not exist (no trainings to take weights from)")
     specs = load_specs_jsonl(specs_file)
+    weights = trained_weights(db_path, [s.spec_id for s in specs], dataset) if trained else {}
     console = Console(stderr=True)
+    for s in specs:
+        if trained and s.spec_id not in weights:
+            console.print(f"[yellow]warning:[/] {s.spec_id} has no trained weights in {db_path}; exported untrained")
     failed = 0
     with progress_bars(console) as prog:
         task = prog.add_task("export", total=len(specs) * len(fmts), note="")
@@ -67,6 +94,9 @@ def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json:
                 art = o.artifact
                 row.update(path=str(art.path), sha256=art.sha256, size=art.size, cached=art.cached)
                 row.update(max_rel_err=art.max_rel_err, status="ok")
+                if trained:
+                    tw = weights.get(o.spec_id)
+                    row["weights"] = tw.to_dict() if tw is not None else None
             else:
                 failed += 1
                 row.update(status="failed", error=o.error)
@@ -87,7 +117,8 @@ def export_cmd(specs_file: str, formats: str, int8: bool, out_dir: str, as_json:
             # One spec per call: an export error is an outcome; anything else raised while building or
             # running the module stops only this spec (its formats not yet done fail with it).
             try:
-                export_many([spec], fmts, out_dir, quantize=quantize, progress=progress)
+                w = {spec.spec_id: weights[spec.spec_id].path} if spec.spec_id in weights else None
+                export_many([spec], fmts, out_dir, quantize=quantize, progress=progress, weights=w)
             except Exception as e:
                 for fmt in fmts[len(shown) :]:
                     q = quantize if fmt == "tflite" else None
