@@ -22,6 +22,16 @@ Counting rule (the one place it is written down)
 5. **Samples.** ``samples_ms`` holds the per-inference time of each repeat (``repeat`` values, in
    order); every statistic is computed from them (see :mod:`nnflash_agent.stats`). ``inferences`` =
    ``number * repeat`` timed calls.
+6. **Disturbance.** Between two repeats (outside the timed calls) the measuring threads'
+   run-queue wait and involuntary context switches are read; a repeat whose threads waited for a
+   CPU more than ``wait_share_max`` of its duration is *disturbed*; ``/proc/stat`` is read around
+   the timed phase (busy and steal time per CPU, against the process's own CPU time). See
+   :mod:`nnflash_agent.disturbance`. ``latency_ms`` is the visit's latency as
+   :func:`nnflash_agent.stats.visit_latency_ms` defines it (the median of the undisturbed repeats).
+   The measurement is **disturbed** (status ``disturbed``, the record still returned) when more
+   than ``disturbed_share_max`` of its repeats were disturbed, when the hypervisor stole more than
+   ``wait_share_max`` of the CPUs' time, or when the device throttled or was under-voltage
+   (``flags``); ``disturbed_share_max = null`` records the figures and never gates.
 
 Timing uses ``time.perf_counter_ns`` around the calls only. Energy, when a meter is chosen, is the
 integral of power over the timed phase (``time.monotonic`` window) divided by ``inferences``,
@@ -60,6 +70,9 @@ OPTION_DEFAULTS: Dict[str, Any] = {
     "thermal_wait_s": 60.0,
     "isolate": True,
     "timeout_s": 600.0,
+    # Justified by figures measured on the development machine: docs/protocol.md, "Disturbed".
+    "wait_share_max": 0.03,
+    "disturbed_share_max": 0.2,
 }
 TEST_FAULTS = ("exit", "kill", "hang", "raise")
 MAX_NUMBER = 1_000_000
@@ -125,6 +138,8 @@ def parse_options(raw: Dict[str, Any], allow_test_hooks: bool = False) -> Dict[s
         "thermal_gate_c": _float(args, "thermal_gate_c", 0.0, 150.0, optional=True),
         "thermal_wait_s": _float(args, "thermal_wait_s", 0.0, 3600.0),
         "timeout_s": _float(args, "timeout_s", 0.1, 86_400.0),
+        "wait_share_max": _float(args, "wait_share_max", 0.0, 1.0),
+        "disturbed_share_max": _float(args, "disturbed_share_max", 0.0, 1.0, optional=True),
     }
     affinity = args["affinity"]
     if affinity is not None:
@@ -214,10 +229,11 @@ def run_measurement(
     Raises :class:`MeasurementFailed` with a protocol status for expected failures (runtime missing,
     runtime refuses the model, meter unavailable). Runs in the isolated worker by default.
     """
+    from nnflash_agent.disturbance import CpuWindow, RepeatWatch
     from nnflash_agent.energy import MeterError, make_meter
     from nnflash_agent.protocol import RUNTIME_ERROR, RUNTIME_UNAVAILABLE
     from nnflash_agent.runners import RuntimeUnavailable, make_runner
-    from nnflash_agent.stats import summarize
+    from nnflash_agent.stats import summarize, visit_latency_ms
     from nnflash_agent.telemetry import Telemetry, compare_states
 
     tel = telemetry if telemetry is not None else Telemetry()
@@ -316,19 +332,22 @@ def run_measurement(
                 meter.close()
                 raise MeasurementFailed(RUNTIME_UNAVAILABLE, f"energy meter: {exc}") from None
 
-        # 5. timed phase
+        # 5. timed phase, 6. watched repeat by repeat
         samples_ms: List[float] = []
+        durations_ns: List[int] = []
+        watch = RepeatWatch(float(opts.get("wait_share_max", OPTION_DEFAULTS["wait_share_max"])))
+        window = CpuWindow(opts.get("affinity"))
+        window.start()
         w0 = time.monotonic()
-        if fixed:
-            clock = time.perf_counter_ns
-            for _ in range(repeat):
-                t = clock()
-                run()
-                samples_ms.append((clock() - t) / 1e6)
-        else:
-            for _ in range(repeat):
-                samples_ms.append(_timed_calls(run, number) / 1e6 / number)
+        calls = 1 if fixed else number
+        for _ in range(repeat):
+            watch.start()
+            d_ns = _timed_calls(run, calls)
+            watch.stop(d_ns)
+            durations_ns.append(d_ns)
+            samples_ms.append(d_ns / 1e6 / calls)
         w1 = time.monotonic()
+        cpu_window = window.stop()
 
         if meter is not None:
             try:
@@ -350,11 +369,16 @@ def run_measurement(
 
     state_after = tel.state()
     flags.extend(f for f in compare_states(state_before, state_after) if f not in flags)
+    disturbance = watch.record(durations_ns)
+    disturbance["visit"] = cpu_window
+    disturbance["reason"] = disturbed_reason(disturbance, flags, opts)
 
     record: Dict[str, Any] = {}
     record.update(summarize(samples_ms))
     record.update(
         {
+            "latency_ms": visit_latency_ms(samples_ms, disturbance["repeat_disturbed"]),
+            "disturbance": disturbance,
             "samples_ms": samples_ms,
             "number": number,
             "repeat": repeat,
@@ -386,6 +410,30 @@ def run_measurement(
         }
     )
     return record
+
+
+def disturbed_reason(disturbance: Dict[str, Any], flags: List[str], opts: Dict[str, Any]) -> Optional[str]:
+    """Why the measurement is ``disturbed`` (one line), or None when it passes the gate (see the
+    module docstring, step 6)."""
+    share_max = opts.get("disturbed_share_max", OPTION_DEFAULTS["disturbed_share_max"])
+    if share_max is None:
+        return None
+    wait_max = float(opts.get("wait_share_max", OPTION_DEFAULTS["wait_share_max"]))
+    reasons = []
+    n = len(disturbance.get("repeat_disturbed") or [])
+    k = int(disturbance.get("disturbed_repeats") or 0)
+    if n and k / n > share_max:
+        reasons.append(
+            f"{k} of {n} repeats waited for a CPU more than {wait_max:.0%} of their time "
+            f"(more than {share_max:.0%} of the repeats)"
+        )
+    steal = (disturbance.get("visit") or {}).get("steal_share")
+    if steal is not None and steal > wait_max:
+        reasons.append(f"the hypervisor stole {steal:.1%} of the CPUs' time")
+    for flag, text in (("throttled", "the SoC throttled"), ("under_voltage", "under-voltage")):
+        if flag in flags:
+            reasons.append(text)
+    return "; ".join(reasons) or None
 
 
 def _max_rss_mb() -> Optional[float]:

@@ -1,5 +1,20 @@
 """Summary statistics of latency samples (standard library only, so the controller can reuse it).
 
+**The latency of a model** is defined here, once, and every command uses it (``profile`` shows it,
+``calibrate`` fits it, ``predict`` predicts it, the report plots it):
+
+- a *visit* (one ``measure``: warm-up, then ``repeat`` timed repeats) has the latency
+  :func:`visit_latency_ms`: the median of its **undisturbed** repeats' per-inference times (a
+  repeat is disturbed when its threads waited for a CPU, see ``nnflash_agent.disturbance``); the
+  agent reports it as ``latency_ms``;
+- a *model* has the latency :func:`model_latency_ms`: the median of the visit latencies of its
+  undisturbed visits (status ``ok``; a ``disturbed`` visit never counts). One visit (``nnflash
+  profile``) and five (``nnflash calibrate --passes 5``) estimate the same quantity: a median has
+  no bias that grows with the number of visits, unlike the minimum, which drifts down as visits
+  are added, so a prediction and a later ``profile`` of the model on a quiet device agree.
+
+Other conventions:
+
 - percentiles use linear interpolation between order statistics (numpy's default, "type 7");
 - ``std`` is the sample standard deviation (n - 1 in the denominator; 0.0 for one sample);
 - the 95% confidence interval of the median is distribution-free: the order statistics
@@ -12,9 +27,16 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["percentile", "median_ci", "summarize"]
+__all__ = [
+    "percentile",
+    "median_ci",
+    "summarize",
+    "visit_latency_ms",
+    "model_latency_ms",
+    "visit_latency_of",
+]
 
 
 def percentile(sorted_xs: Sequence[float], q: float) -> float:
@@ -81,3 +103,43 @@ def summarize(samples: Sequence[float]) -> Dict[str, object]:
         "latency_ms_ci95_coverage": coverage,
         "n_samples": n,
     }
+
+
+def visit_latency_ms(samples_ms: Sequence[float], repeat_disturbed: Optional[Sequence[bool]] = None) -> float:
+    """The latency of one visit: the median of the samples of its undisturbed repeats. Without
+    per-repeat flags (a record of protocol v1), or when every repeat was disturbed (such a visit is
+    ``disturbed`` and never used, but still gets a figure), the median of all samples."""
+    xs = [float(x) for x in samples_ms]
+    if not xs:
+        raise ValueError("no samples")
+    if repeat_disturbed is not None and len(repeat_disturbed) == len(xs):
+        clean = [x for x, bad in zip(xs, repeat_disturbed) if not bad]
+        if clean:
+            xs = clean
+    return percentile(sorted(xs), 50.0)
+
+
+def model_latency_ms(visit_latencies_ms: Sequence[float]) -> float:
+    """The latency of a model: the median of its undisturbed visits' latencies (see the module
+    docstring; the caller passes only visits with status ``ok``)."""
+    xs = sorted(float(x) for x in visit_latencies_ms)
+    if not xs:
+        raise ValueError("no visits")
+    return percentile(xs, 50.0)
+
+
+def visit_latency_of(row: Mapping[str, Any]) -> Optional[float]:
+    """A visit's latency from a measurement record (the agent's ``measure`` result) or a stored
+    measurement row: its ``latency_ms`` (protocol v2), else the one in its ``summary``, else
+    ``latency_ms_median`` (older records, every repeat counted). None when it has none."""
+    value = row.get("latency_ms")
+    summary = row.get("summary")
+    if value is None and isinstance(summary, Mapping):
+        value = summary.get("latency_ms")
+    if value is None:
+        value = row.get("latency_ms_median")
+    try:
+        out = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return out if out is not None and math.isfinite(out) and out > 0 else None

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from nnflash_agent.protocol import CRASHED, INTERNAL, OK, TIMEOUT, json_safe
+from nnflash_agent.protocol import CRASHED, DISTURBED, INTERNAL, OK, TIMEOUT, json_safe
 
 __all__ = ["run_isolated", "run_job", "main"]
 
@@ -146,6 +146,9 @@ def run_job(job: Dict[str, Any]) -> Dict[str, Any]:
 
     try:
         result = run_measurement(job["model_path"], job["runtime"], job["options"])
+        reason = (result.get("disturbance") or {}).get("reason")
+        if reason:  # the figures travel with the status: the controller stores them
+            return {"status": DISTURBED, "error": f"disturbed measurement: {reason}", "result": result}
         return {"status": OK, "error": None, "result": result}
     except MeasurementFailed as exc:
         return {"status": exc.status, "error": exc.message, "result": None}
