@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nnflash.models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec
+from nnflash.models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec, VggSpec
 
 
 class DenseLayer(nn.Module):
@@ -249,6 +249,37 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class Vgg(nn.Module):
+    """A plain VGG-style network (``VggSpec``): conv [-> BN] -> ReLU, 2x2 max pools, then linear
+    layers with ReLU and the classifier."""
+
+    def __init__(self, spec: VggSpec) -> None:
+        super().__init__()
+        c, h, w = spec.input_shape
+        feats: list[nn.Module] = []
+        head: list[nn.Module] = []
+        for entry in spec.layers:
+            if entry.type == "conv":
+                feats.append(nn.Conv2d(c, entry.out, entry.kernel, 1, entry.kernel // 2, bias=spec.bias))
+                if spec.batch_norm:
+                    feats.append(nn.BatchNorm2d(entry.out))
+                feats.append(nn.ReLU(inplace=True))
+                c = entry.out
+            elif entry.type == "pool":
+                feats.append(nn.MaxPool2d(2, 2))
+                h, w = h // 2, w // 2
+            else:
+                cin = c * h * w if not head else c
+                head += [nn.Linear(cin, entry.out, bias=spec.bias), nn.ReLU(inplace=True)]
+                c, h, w = entry.out, 1, 1
+        head.append(nn.Linear(c * h * w, spec.num_classes, bias=spec.bias))
+        self.features = nn.Sequential(*feats)
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
 def _init_weights(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
@@ -274,6 +305,8 @@ def build_module(spec: AnySpec, *, init_seed: int | None = None) -> nn.Module:
             module = ResNet(spec)
         elif isinstance(spec, MobileNetV2Spec):
             module = MobileNetV2(spec)
+        elif isinstance(spec, VggSpec):
+            module = Vgg(spec)
         else:
             raise TypeError(f"not a spec: {type(spec).__name__}")
         if not isinstance(spec, MlpSpec):

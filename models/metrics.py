@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from nnflash.models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec
+from nnflash.models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec, VggSpec
 
 BYTES_PER_ELEMENT = 4
 
@@ -418,6 +418,35 @@ def _mobilenetv2_layers(spec: MobileNetV2Spec) -> list[Layer]:
     return out
 
 
+def _vgg_layers(spec: VggSpec) -> list[Layer]:
+    out: list[Layer] = []
+    c, h, w = spec.input_shape
+    stage, pos, hidden = 0, 0, 0
+    for entry in spec.layers:
+        at = _At(f"s{stage}.l{pos}", "body", stage, pos)
+        if entry.type == "conv":
+            layer, h, w = _conv(at, "conv", c, entry.out, entry.kernel, 1, h, w, bias=spec.bias)
+            out.append(layer)
+            c = entry.out
+            if spec.batch_norm:
+                out.append(_bn(at, "bn", c, h, w))
+            pos += 1
+        elif entry.type == "pool":
+            out.append(_op(at, "pool", "pool", c, c, 2, 2, 1, h, w, h // 2, w // 2, 0, 0))
+            h, w = h // 2, w // 2
+            stage, pos = stage + 1, 0
+        else:
+            out.append(_linear_bias(_At(f"fc{hidden}", "head"), "fc", c * h * w, entry.out, spec.bias))
+            c, h, w = entry.out, 1, 1
+            hidden += 1
+    out.append(_linear_bias(_HEAD, "fc", c * h * w, spec.num_classes, spec.bias))
+    return out
+
+
+def _linear_bias(at: _At, role: str, cin: int, cout: int, bias: bool) -> Layer:
+    return _op(at, role, "linear", cin, cout, 1, 1, 1, 1, 1, 1, 1, cin * cout + (cout if bias else 0), cin * cout)
+
+
 def layer_table(spec: AnySpec) -> list[Layer]:
     """Every operator of the network in execution order, with params, MACs and bytes moved."""
     if isinstance(spec, DenseSpec):
@@ -428,6 +457,8 @@ def layer_table(spec: AnySpec) -> list[Layer]:
         return _resnet_layers(spec)
     if isinstance(spec, MobileNetV2Spec):
         return _mobilenetv2_layers(spec)
+    if isinstance(spec, VggSpec):
+        return _vgg_layers(spec)
     raise TypeError(f"not a spec: {type(spec).__name__}")
 
 
@@ -475,6 +506,8 @@ def compute_metrics(spec: AnySpec) -> dict[str, Any]:
         out["nn_mass"] = float(nn_mass(d, w, t)[0])
         out["nn_density"] = [float(x) for x in nn_density(d, w, t)[0]]
         out["nn_degree"] = float(nn_degree(d, w, t)[0])
+    elif isinstance(spec, VggSpec):
+        out["nn_mass"] = 0.0  # a plain network has no skip connections
     elif isinstance(spec, ResNetSpec):
         bm = resnet_block_masses(spec)
         out["nn_mass"] = float(sum(bm))

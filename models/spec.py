@@ -520,15 +520,118 @@ class MobileNetV2Spec(Spec):
         return make_divisible(self.last_channel * max(1.0, self.width_mult), self.round_nearest)
 
 
+# ------------------------------------------------------------------------------ plain (vgg) family
+
+
+@dataclass(frozen=True)
+class VggLayer:
+    """One entry of a plain network's feature extractor or classifier.
+
+    ``conv``: a ``kernel x kernel`` convolution (stride 1, padding ``kernel // 2``) to ``out``
+    channels, followed by ReLU; ``pool``: a 2x2 max pool with stride 2; ``linear``: a hidden fully
+    connected layer of ``out`` units followed by ReLU (the input is flattened before the first).
+    """
+
+    type: str
+    out: int = 0
+    kernel: int = 3
+
+    TYPES: ClassVar[tuple[str, ...]] = ("conv", "pool", "linear")
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.type == "conv":
+            return {"type": "conv", "out": self.out, "kernel": self.kernel}
+        if self.type == "linear":
+            return {"type": "linear", "out": self.out}
+        return {"type": "pool"}
+
+
+@dataclass(frozen=True)
+class VggSpec(Spec):
+    """A plain VGG-style network: convolutions, pooling and linear layers listed as data (no skip
+    connections, so NN-Mass 0), then a linear classifier to ``num_classes`` (not listed).
+
+    Convolutions and hidden linear layers are followed by ReLU (and BatchNorm after convolutions
+    when ``batch_norm``); ``bias`` gives every convolution and linear layer a bias. NeuroSim's
+    VGG-8 (preset ``vgg8_cifar``) has neither.
+    """
+
+    family: ClassVar[str] = "vgg"
+    layers: tuple[VggLayer, ...]
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    num_classes: int = 10
+    batch_norm: bool = False
+    bias: bool = False
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> VggSpec:
+        _check_keys(obj, ("family", "spec_id", "layers", "input_shape", "num_classes", "batch_norm", "bias"), "")
+        if "layers" not in obj:
+            raise SpecError("layers: missing required field")
+        raw = obj["layers"]
+        if not isinstance(raw, list) or not raw:
+            raise SpecError(f"layers: must be a non-empty list of layers, got {json.dumps(raw)}")
+        input_shape = _input_shape(obj, "", (3, 32, 32), 3)
+        c, h, w = input_shape
+        layers: list[VggLayer] = []
+        flat = False
+        for k, entry in enumerate(raw):
+            where = f"layers[{k}]."
+            if not isinstance(entry, dict):
+                raise SpecError(f"layers[{k}]: must be an object with a type, got {json.dumps(entry)}")
+            kind = _choice(entry, "type", where, VggLayer.TYPES, "")
+            if kind == "conv":
+                _check_keys(entry, ("type", "out", "kernel"), where)
+                if flat:
+                    raise SpecError(f"layers[{k}]: a convolution cannot follow a linear layer")
+                kernel = _int(entry, "kernel", where, default=3, minimum=1)
+                if kernel % 2 == 0:
+                    raise SpecError(f"{where}kernel: must be odd (padding kernel // 2 keeps the size), got {kernel}")
+                layers.append(VggLayer("conv", _int(entry, "out", where, minimum=1), kernel))
+            elif kind == "pool":
+                _check_keys(entry, ("type",), where)
+                if flat:
+                    raise SpecError(f"layers[{k}]: pooling cannot follow a linear layer")
+                if h < 2 or w < 2:
+                    raise SpecError(f"layers[{k}]: nothing left to pool: the feature map is {h}x{w}")
+                h, w = h // 2, w // 2
+                layers.append(VggLayer("pool", 0, 2))
+            else:
+                _check_keys(entry, ("type", "out"), where)
+                flat = True
+                layers.append(VggLayer("linear", _int(entry, "out", where, minimum=1), 1))
+        for key in ("batch_norm", "bias"):
+            if key in obj and not isinstance(obj[key], bool):
+                raise SpecError(f"{key}: must be true or false, got {json.dumps(obj[key])}")
+        return cls(
+            layers=tuple(layers),
+            input_shape=input_shape,  # type: ignore[arg-type]
+            num_classes=_int(obj, "num_classes", "", default=10, minimum=1),
+            batch_norm=bool(obj.get("batch_norm", False)),
+            bias=bool(obj.get("bias", False)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "layers": [x.to_dict() for x in self.layers],
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "batch_norm": self.batch_norm,
+            "bias": self.bias,
+        }
+
+
 # ---------------------------------------------------------------------------------- registry
 
-AnySpec = Union[DenseSpec, MlpSpec, ResNetSpec, MobileNetV2Spec, "Nb201Spec"]
+AnySpec = Union[DenseSpec, MlpSpec, ResNetSpec, MobileNetV2Spec, VggSpec, "Nb201Spec"]
 
 FAMILIES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "dense": DenseSpec.from_dict,
     "mlp": MlpSpec.from_dict,
     "resnet": ResNetSpec.from_dict,
     "mobilenetv2": MobileNetV2Spec.from_dict,
+    "vgg": VggSpec.from_dict,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -556,6 +659,24 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"depth": 13, "width": 32, "tc": 40},
             {"depth": 13, "width": 64, "tc": 80},
             {"depth": 13, "width": 128, "tc": 125},
+        ],
+    },
+    # DNN+NeuroSim V1.3's VGG-8 for CIFAR-10 (3x3 convolutions, no bias, no BatchNorm)
+    "vgg8_cifar": {
+        "family": "vgg",
+        "input_shape": [3, 32, 32],
+        "num_classes": 10,
+        "layers": [
+            {"type": "conv", "out": 128},
+            {"type": "conv", "out": 128},
+            {"type": "pool"},
+            {"type": "conv", "out": 256},
+            {"type": "conv", "out": 256},
+            {"type": "pool"},
+            {"type": "conv", "out": 512},
+            {"type": "conv", "out": 512},
+            {"type": "pool"},
+            {"type": "linear", "out": 1024},
         ],
     },
 }
