@@ -239,7 +239,7 @@ class CellEvaluator:
     def _linear_features(self, r: dict[str, np.ndarray], n: int) -> np.ndarray:
         """The linear model's chosen features, summed per pair (network-level input/output sizes
         are constants of the space and are added in :attr:`constant_linear`)."""
-        cols = {}
+        cols: dict[str, np.ndarray] = {}
         for k in KINDS:
             sel = r["kind"] == KIND_INDEX[k]
             cols[f"macs_{k}"] = np.bincount(r["sample"][sel], weights=r["macs"][sel], minlength=n)
