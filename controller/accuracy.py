@@ -32,7 +32,7 @@ from nnflash.controller.store import ResultsDB, StoreError
 from nnflash.models.datasets import DEFAULT_SPACES, Dataset, dataset_info, load_dataset
 from nnflash.models.errors import SpaceError
 from nnflash.models.proxies import DEFAULT_BATCH_SEED, DEFAULT_BATCH_SIZE, PROXY_NAMES, compute_proxies, proxy_batch
-from nnflash.models.space import Space, get_space
+from nnflash.models.space import AnySpace, get_space
 from nnflash.models.spec import AnySpec, parse_spec
 from nnflash.models.training_protocol import TrainingProtocol
 
@@ -211,7 +211,7 @@ def predict_accuracy(
     return model.predict_with_std(specs, proxies)
 
 
-def dataset_space(dataset: str, space_name: Optional[str] = None) -> Space:
+def dataset_space(dataset: str, space_name: Optional[str] = None) -> AnySpace:
     """``space_name`` or the dataset's default space, with the dataset's classes; a space of another
     input shape is an error."""
     info = dataset_info(dataset)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnflash.models.nb201 import EDGES, Nb201Spec
 from nnflash.models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec, VggSpec
 
 
@@ -249,6 +250,96 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+# --------------------------------------------------------------------------- NAS-Bench-201
+
+
+class ReLUConvBN(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+def _nb201_op(op: str, c: int) -> nn.Module:
+    if op == "nor_conv_3x3":
+        return ReLUConvBN(c, c, 3, 1)
+    if op == "nor_conv_1x1":
+        return ReLUConvBN(c, c, 1, 1)
+    if op == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    return nn.Identity()  # skip_connect (``none`` and dead edges are not built)
+
+
+class Nb201Cell(nn.Module):
+    """One effective NAS-Bench-201 cell: node i is the sum of its live incoming edges."""
+
+    def __init__(self, ops: tuple[str, ...], live: tuple[bool, ...], c: int) -> None:
+        super().__init__()
+        self.edges = [(e, i, j) for e, (i, j) in enumerate(EDGES) if live[e]]
+        self.ops = nn.ModuleDict({f"e{j}{i}": _nb201_op(ops[e], c) for e, i, j in self.edges})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nodes: dict[int, torch.Tensor] = {0: x}
+        for _, i, j in self.edges:  # ordered by target node
+            y = self.ops[f"e{j}{i}"](nodes[j])
+            nodes[i] = nodes[i] + y if i in nodes else y
+        return nodes[3]
+
+
+class Nb201Reduction(nn.Module):
+    """NAS-Bench-201's stride-2 ResNet basic block between stages."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv_a = ReLUConvBN(cin, cout, 3, 2)
+        self.conv_b = ReLUConvBN(cout, cout, 3, 1)
+        self.downsample = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(cin, cout, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(x) + self.conv_b(self.conv_a(x))
+
+
+class Nb201Net(nn.Module):
+    def __init__(self, spec: Nb201Spec) -> None:
+        super().__init__()
+        graph = spec.graph
+        widths = spec.stage_widths()
+        self.stem = nn.Sequential(
+            nn.Conv2d(spec.input_shape[0], widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0])
+        )
+        body: list[nn.Module] = []
+        cin = widths[0]
+        for s, c in enumerate(widths):
+            if s > 0:
+                body.append(Nb201Reduction(cin, c))
+            body += [Nb201Cell(graph.ops, graph.live, c) for _ in range(spec.cells_per_stage)]
+            cin = c
+        self.cells = nn.Sequential(*body)
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, spec.num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.cells(self.stem(x)))
+
+
+class ConstantLogits(nn.Module):
+    """The effective network of an nb201 cell without a path from its input to its output: the
+    logits do not depend on the image, so they are one learnable vector. The image is still read
+    (its mean, times zero) so that exported graphs keep their input."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.unsqueeze(0) + 0.0 * x.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
 class Vgg(nn.Module):
     """A plain VGG-style network (``VggSpec``): conv [-> BN] -> ReLU, 2x2 max pools, then linear
     layers with ReLU and the classifier."""
@@ -307,6 +398,8 @@ def build_module(spec: AnySpec, *, init_seed: int | None = None) -> nn.Module:
             module = MobileNetV2(spec)
         elif isinstance(spec, VggSpec):
             module = Vgg(spec)
+        elif isinstance(spec, Nb201Spec):
+            module = Nb201Net(spec) if spec.graph.has_path else ConstantLogits(spec.num_classes)
         else:
             raise TypeError(f"not a spec: {type(spec).__name__}")
         if not isinstance(spec, MlpSpec):

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from nnflash.models.nb201 import CONV_OPS, EDGES, Nb201Spec, cell_nn_degree, cell_nn_mass
 from nnflash.models.spec import AnySpec, DenseSpec, MlpSpec, MobileNetV2Spec, ResNetSpec, VggSpec
 
 BYTES_PER_ELEMENT = 4
@@ -169,7 +170,8 @@ class Layer:
     #: ``stem``, ``body`` (the repeated cells) or ``head`` (:data:`SECTIONS`).
     section: str
     #: In the body: the cell the layer belongs to (a dense/mlp cell, a ResNet stage, a
-    #: MobileNetV2 stage, i.e. a row of its ``setting``); ``None`` in the stem and the head.
+    #: MobileNetV2 stage, i.e. a row of its ``setting``; nb201: cells and reduction blocks numbered
+    #: in order); ``None`` in the stem and the head.
     cell: int | None
     #: In the body: the layer's position in its cell (dense/mlp: layer ``i``; ResNet, MobileNetV2:
     #: the block within the stage); ``None`` in the stem and the head.
@@ -177,8 +179,10 @@ class Layer:
     #: The operator's job in its layer, block, stem or head: ``conv``, ``bn``, ``gather`` (dense
     #: ``regular``); ``pw1``, ``bn1``, ``dw``, ``bn2``, ``pw2`` (dense ``depthwise``); ``fc`` (mlp,
     #: head); ``conv1``..``conv3``, ``bn1``..``bn3``, ``down``, ``down_bn``, ``add`` (ResNet);
-    #: ``expand``, ``bn0``, ``dw``, ``bn1``, ``project``, ``bn2``, ``add`` (MobileNetV2); ``conv``,
-    #: ``bn``, ``pool`` (stem, head).
+    #: ``expand``, ``bn0``, ``dw``, ``bn1``, ``project``, ``bn2``, ``add`` (MobileNetV2); ``relu``,
+    #: ``conv``, ``bn``, ``pool``, ``add`` (nb201 cells, ``index`` = the edge), ``relu_a``, ``conv_a``,
+    #: ``bn_a``, ``relu_b``, ``conv_b``, ``bn_b``, ``down_pool``, ``down``, ``add`` (nb201 reduction
+    #: blocks); ``conv``, ``bn``, ``pool``, ``bias`` (stem, head).
     role: str
 
     @property
@@ -418,6 +422,87 @@ def _mobilenetv2_layers(spec: MobileNetV2Spec) -> list[Layer]:
     return out
 
 
+def _nb201_cell(
+    out: list[Layer], at: _At, ops: tuple[str, ...], live: tuple[bool, ...], c: int, h: int, w: int
+) -> None:
+    """The operators of one effective NAS-Bench-201 cell (dead edges left out); ``index`` is the
+    edge (0..5, :data:`nnflash.models.nb201.EDGES`), adds of a node carry the node's last edge."""
+    for e, (op, ok) in enumerate(zip(ops, live)):
+        if not ok:
+            continue
+        eat = _At(f"{at.prefix}.e{EDGES[e][1]}{EDGES[e][0]}", "body", at.cell, e)
+        if op in CONV_OPS:
+            k = CONV_OPS[op]
+            out.append(_op(eat, "relu", "bn", c, c, 1, 1, 1, h, w, h, w, 0, 0))
+            layer, _, _ = _conv(eat, "conv", c, c, k, 1, h, w)
+            out += [layer, _bn(eat, "bn", c, h, w)]
+        elif op == "avg_pool_3x3":
+            out.append(_op(eat, "pool", "pool", c, c, 3, 1, 1, h, w, h, w, 0, 0))
+        node = EDGES[e][0]
+        if any(live[f] for f in range(e) if EDGES[f][0] == node):  # a second input joins the sum
+            out.append(_op(eat, "add", "add", c, c, 1, 1, 1, h, w, h, w, 0, 0))
+
+
+def _nb201_layers(spec: Nb201Spec) -> list[Layer]:
+    """NAS-Bench-201's CIFAR skeleton around the effective cell (``models.nb201``): stem, 3 stages of
+    cells joined by stride-2 ResNet basic blocks, head. Body units (``cell``) are numbered in order,
+    cells and reduction blocks alike. A cell without a path leaves the constant logits: a mean of the
+    input (the exported graph keeps its input) and the learnable logits added to it."""
+    graph = spec.graph
+    ops, live = graph.ops, graph.live
+    c0, h, w = spec.input_shape
+    if not graph.has_path:
+        k = spec.num_classes
+        return [
+            _op(_HEAD, "pool", "pool", c0, 1, h, 1, 1, h, w, 1, 1, 0, 0),
+            _op(_HEAD, "bias", "add", k, k, 1, 1, 1, 1, 1, 1, 1, k, 0),
+        ]
+    out: list[Layer] = []
+    widths = spec.stage_widths()
+    layer, h, w = _conv(_STEM, "conv", c0, widths[0], 3, 1, h, w)
+    out += [layer, _bn(_STEM, "bn", widths[0], h, w)]
+    unit = 0
+    cin = widths[0]
+    for s, c in enumerate(widths):
+        if s > 0:
+            at = _At(f"s{s}.reduce", "body", unit, 0)
+            out.append(_op(at, "relu_a", "bn", cin, cin, 1, 1, 1, h, w, h, w, 0, 0))
+            la, h2, w2 = _conv(at, "conv_a", cin, c, 3, 2, h, w)
+            out += [la, _bn(at, "bn_a", c, h2, w2)]
+            out.append(_op(at, "relu_b", "bn", c, c, 1, 1, 1, h2, w2, h2, w2, 0, 0))
+            lb, _, _ = _conv(at, "conv_b", c, c, 3, 1, h2, w2)
+            out += [lb, _bn(at, "bn_b", c, h2, w2)]
+            out.append(_op(at, "down_pool", "pool", cin, cin, 2, 2, 1, h, w, h2, w2, 0, 0))
+            ld, _, _ = _conv(at, "down", cin, c, 1, 1, h2, w2)
+            out.append(ld)
+            out.append(_op(at, "add", "add", c, c, 1, 1, 1, h2, w2, h2, w2, 0, 0))
+            h, w = h2, w2
+            unit += 1
+        for k in range(spec.cells_per_stage):
+            _nb201_cell(out, _At(f"s{s}.c{k}", "body", unit), ops, live, c, h, w)
+            unit += 1
+        cin = c
+    out.append(_bn(_HEAD, "bn", cin, h, w))
+    out.append(_op(_HEAD, "pool", "pool", cin, cin, h, 1, 1, h, w, 1, 1, 0, 0))
+    out.append(_linear(_HEAD, "fc", cin, spec.num_classes))
+    return out
+
+
+def nb201_topology(spec: Nb201Spec) -> dict[str, Any]:
+    """NN-Mass and NN-Degree of an nb201 network (ours, ``models.nb201``): the per-cell values summed
+    over the cells of the three stages; the reduction blocks add the ResNet BasicBlock's
+    ``inplanes + planes`` to NN-Mass. Both are 0 for a network without a path through its cell."""
+    graph = spec.graph
+    if not graph.has_path:
+        return {"nn_mass": 0.0, "nn_degree": 0.0, "nn_mass_per_cell": [0.0, 0.0, 0.0]}
+    widths = spec.stage_widths()
+    per_cell = [cell_nn_mass(graph, c) for c in widths]
+    reduce = float(sum(widths[s - 1] + widths[s] for s in (1, 2)))
+    mass = spec.cells_per_stage * sum(per_cell) + reduce
+    degree = spec.cells_per_stage * sum(cell_nn_degree(graph, c) for c in widths)
+    return {"nn_mass": float(mass), "nn_degree": float(degree), "nn_mass_per_cell": per_cell}
+
+
 def _vgg_layers(spec: VggSpec) -> list[Layer]:
     out: list[Layer] = []
     c, h, w = spec.input_shape
@@ -459,6 +544,8 @@ def layer_table(spec: AnySpec) -> list[Layer]:
         return _mobilenetv2_layers(spec)
     if isinstance(spec, VggSpec):
         return _vgg_layers(spec)
+    if isinstance(spec, Nb201Spec):
+        return _nb201_layers(spec)
     raise TypeError(f"not a spec: {type(spec).__name__}")
 
 
@@ -506,6 +593,15 @@ def compute_metrics(spec: AnySpec) -> dict[str, Any]:
         out["nn_mass"] = float(nn_mass(d, w, t)[0])
         out["nn_density"] = [float(x) for x in nn_density(d, w, t)[0]]
         out["nn_degree"] = float(nn_degree(d, w, t)[0])
+    elif isinstance(spec, Nb201Spec):
+        topo = nb201_topology(spec)
+        out["nn_mass"] = topo["nn_mass"]
+        out["nn_degree"] = topo["nn_degree"]
+        out["nn_mass_per_cell"] = topo["nn_mass_per_cell"]
+        graph = spec.graph
+        out["arch"] = spec.arch
+        out["constant_output"] = not graph.has_path
+        out["live_ops"] = list(graph.live_ops())
     elif isinstance(spec, VggSpec):
         out["nn_mass"] = 0.0  # a plain network has no skip connections
     elif isinstance(spec, ResNetSpec):

@@ -37,12 +37,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
 
 from nnflash.models.errors import SpaceError
 from nnflash.models.metrics import dense_params_macs, nn_degree, nn_mass, skip_sum
+from nnflash.models.nb201 import EDGES as NB201_EDGES
+from nnflash.models.nb201 import OPS as NB201_OPS
+from nnflash.models.nb201 import Nb201Spec, arch_from_index, arch_string
 from nnflash.models.spec import Cell, DenseSpec
 
 
@@ -165,10 +168,60 @@ SPACES["flash-fmnist"] = Space(
 )
 
 
-def get_space(name: str) -> Space:
-    if name not in SPACES:
-        raise SpaceError(f"space: unknown space {name!r} (known: {', '.join(sorted(SPACES))})")
-    return SPACES[name]
+@dataclass(frozen=True)
+class Nb201Space:
+    """NAS-Bench-201's topology space: every operation of :data:`nnflash.models.nb201.OPS` on each
+    of the 6 edges of the cell, in the CIFAR skeleton (``models.nb201``). 5^6 = 15,625
+    configurations; isomorphic cells (and cells that differ only on dead edges) are **not** merged,
+    every architecture string counts once, as in NAS-Bench-201."""
+
+    name: str = "nb201"
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    num_classes: int = 10
+    channels: int = 16
+    cells_per_stage: int = 5
+    conv: str = "nb201 cell"
+
+    def count(self) -> int:
+        return len(NB201_OPS) ** len(NB201_EDGES)
+
+    def describe(self) -> list[dict]:
+        return [
+            {"edge": f"{j}->{i}", "operations": list(NB201_OPS), "configurations": len(NB201_OPS)}
+            for i, j in NB201_EDGES
+        ]
+
+    def to_spec(self, index: int) -> Nb201Spec:
+        return Nb201Spec(
+            arch=arch_string(arch_from_index(int(index))),
+            channels=self.channels,
+            cells_per_stage=self.cells_per_stage,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+        )
+
+    def all_specs(self) -> list[Nb201Spec]:
+        """Every configuration, in nnflash's enumeration order (:func:`arch_from_index`)."""
+        return [self.to_spec(i) for i in range(self.count())]
+
+    def sample(self, n: int, seed: int = 0) -> list[Nb201Spec]:
+        """``n`` configurations drawn uniformly; distinct while ``n`` is at most the space's size."""
+        rng = np.random.default_rng(seed)
+        total = self.count()
+        idx = rng.choice(total, size=n, replace=n > total)
+        return [self.to_spec(int(i)) for i in idx]
+
+
+#: Every named space: the dense-family grids and NAS-Bench-201's cell space.
+AnySpace = Union[Space, Nb201Space]
+ALL_SPACES: dict[str, AnySpace] = {**SPACES, "nb201": Nb201Space()}
+
+
+def get_space(name: str) -> AnySpace:
+    """A named space; ``nb201`` is NAS-Bench-201's (:class:`Nb201Space`), every other a dense grid."""
+    if name not in ALL_SPACES:
+        raise SpaceError(f"space: unknown space {name!r} (known: {', '.join(sorted(ALL_SPACES))})")
+    return ALL_SPACES[name]
 
 
 # ---------------------------------------------------------------------------- the generator
@@ -202,7 +255,7 @@ def farthest_points(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarr
 
 
 def generate(
-    space: Space,
+    space: AnySpace,
     n: int,
     *,
     target_mass: float | None = None,
@@ -223,6 +276,11 @@ def generate(
     across the space rather than near-copies. Raises ``SpaceError`` when the space cannot meet the
     request.
     """
+    if not isinstance(space, Space):
+        raise SpaceError(
+            f"space {space.name!r}: generating by NN-Mass or NN-Degree needs a dense-family space "
+            f"({', '.join(sorted(SPACES))}); sample it instead"
+        )
     if (target_mass is None) == (target_degree is None):
         raise SpaceError("give exactly one of a target NN-Mass or a target NN-Degree")
     if n < 1:

@@ -16,7 +16,7 @@ from nnflash.models.spec import PRESETS, AnySpec, load_spec_file, preset
 from nnflash_agent.fileio import atomic_path
 
 if TYPE_CHECKING:
-    from nnflash.models.space import Space
+    from nnflash.models.space import AnySpace
 
 
 def emit_json(obj: Any) -> None:
@@ -135,10 +135,19 @@ def space_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def space_count(space_name: str, as_json: bool) -> None:
     """Count the distinct configurations of a space exactly."""
-    from nnflash.models.space import get_space
+    from nnflash.models.space import Nb201Space, get_space
 
     space = get_space(space_name)
     n = space.count()
+    if isinstance(space, Nb201Space):
+        if as_json:
+            emit_json({"space": space.name, "configurations": n, "edges": space.describe(), "isomorphic_merged": False})
+            return
+        click.echo(
+            f"space {space.name}: {n:,} configurations (5 operations on each of the 6 edges of the NAS-Bench-201 "
+            f"cell; isomorphic cells not merged, every architecture string counts once)"
+        )
+        return
     if as_json:
         emit_json({"space": space.name, "configurations": n, "cells": space.describe(), "conv": space.conv})
         return
@@ -163,7 +172,7 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
     return value
 
 
-def _dataset_space(space_name: str | None, dataset: str | None) -> Space:
+def _dataset_space(space_name: str | None, dataset: str | None) -> AnySpace:
     """The space to draw from: ``--space`` (default ``flash``), or with ``--dataset`` the dataset's
     default space (``DEFAULT_SPACES``), its classes set to the dataset's; a ``--space`` whose input
     shape differs from the dataset's is an error."""
