@@ -21,6 +21,9 @@ Resuming and faults
 - An agent that does not answer within the per-model timeout is restarted and the measurement is
   stored as failed (``timeout``); the campaign goes on.
 - A model that fails to export is stored as a failed measurement (``export_failed``).
+- An agent that breaks the protocol (garbage, an over-long line, answers to requests never sent, a
+  malformed measurement: :class:`~nnflash.controller.errors.ProtocolViolation`) fails its device at
+  once with the reason (``DeviceReport.error``); nothing it sent is stored, the other devices go on.
 - Ctrl-C (``stop()``) lets measurements in flight finish and stores them; a second Ctrl-C
   abandons them (they stay in the device's journal).
 """
@@ -36,9 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from nnflash.controller.errors import RequestTimeout, TransportError
+from nnflash.controller.errors import ProtocolViolation, RequestTimeout, TransportError
 from nnflash.controller.inventory import Device
 from nnflash.controller.store import ResultsDB
+from nnflash.controller.transport.base import check_measure_response
 from nnflash.models.spec import AnySpec
 from nnflash_agent.measure import OPTION_DEFAULTS
 from nnflash_agent.runners import RUNTIME_FORMATS
@@ -438,6 +442,8 @@ class Campaign:
                 return conn
             except TransportError as e:
                 last = e
+                if isinstance(e, ProtocolViolation):
+                    raise  # a new session with the same agent breaks the protocol again
                 if "host key" in str(e).lower() or "authentication" in str(e).lower():
                     break  # retrying does not fix trust or credentials
                 time.sleep(delay)
@@ -532,11 +538,14 @@ class Campaign:
                     )
                 finally:
                     rep.busy_s += time.perf_counter() - t_m
+                check_measure_response(response, rid, dev.name)  # nothing malformed is stored
                 if response.get("status") == "corrupt_artifact" and not verify and attempts < 3:
                     verify = True  # re-upload over the corrupt copy, then measure again
                     continue
                 self._store(dev, sid, rid, response)
                 return conn
+            except ProtocolViolation:
+                raise  # the device is failed (its worker stops); the database keeps what was good
             except RequestTimeout as e:
                 rid = getattr(e, "request_id", None) or f"timeout-{uuid.uuid4().hex[:12]}"
                 self._store(
@@ -559,6 +568,7 @@ class Campaign:
                 if lost_id and lost_id.startswith(f"c{self.result.campaign_id}-"):
                     got = conn.results([lost_id]).get(lost_id)
                     if got:
+                        check_measure_response(got, lost_id, dev.name)
                         self._store(dev, sid, lost_id, got)
                         return conn
                 if attempts >= self.max_attempts + 1:

@@ -22,6 +22,7 @@ __all__ = [
     "InventoryError",
     "TransportError",
     "RequestTimeout",
+    "ProtocolViolation",
     "HostKeyError",
     "StoreError",
     "ExportError",
@@ -51,6 +52,12 @@ class TransportError(NnflashError, ConnectionError):
 
 class RequestTimeout(TransportError, TimeoutError):
     """A request got no answer within its ``timeout_s`` (the connection may still be usable)."""
+
+
+class ProtocolViolation(TransportError):
+    """The agent broke the wire protocol (a line that is not a response, one longer than the
+    controller's cap, an answer to a request never sent, a malformed measurement): the device is
+    not trusted any more; reconnecting does not help."""
 
 
 class HostKeyError(TransportError):

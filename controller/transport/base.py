@@ -17,6 +17,14 @@ hash, e.g. after the agent answered ``corrupt_artifact``). Otherwise the file is
 ``python3``'s hashlib where coreutils is missing) before it is renamed into place, so a corrupt
 upload never appears under its final name; a mismatch is retried once, then raised. The agent
 checks the hash again before it measures (status ``corrupt_artifact``).
+
+A broken or hostile agent cannot make the controller crash, store garbage or wait forever: a line
+that starts like a JSON object but is not a well-formed response (a truncated line, say), a line
+longer than ``max_line_bytes`` (a configurable cap), an answer without an id or to a request this
+session never sent, or more than :data:`MAX_NOISE_LINES` other lines that are not JSON (a login
+script may print a few) ends the session with :class:`ProtocolViolation` for every request
+waiting, naming what the agent sent.
+:func:`check_measure_response` is what a ``measure`` answer must look like before it is stored.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import abc
 import collections
 import itertools
+import math
 import os
 import re
 import threading
@@ -33,15 +42,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
-from nnflash.controller.errors import ExportError, RequestTimeout, TransportError
+from nnflash.controller.errors import ExportError, ProtocolViolation, RequestTimeout, TransportError
 from nnflash.controller.inventory import Device
 from nnflash_agent.fileio import sha256_file
 
-__all__ = ["ArtifactPut", "Connection", "INCOMING_DIR", "SHA256_RE"]
+__all__ = [
+    "ArtifactPut",
+    "Connection",
+    "DEFAULT_MAX_LINE_BYTES",
+    "INCOMING_DIR",
+    "SHA256_RE",
+    "check_measure_response",
+    "check_response",
+]
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _FORMAT_RE = re.compile(r"^[a-z0-9]{1,16}$")
 INCOMING_DIR = ".incoming"
+#: The longest line the controller reads from an agent (a measure answer with 100,000 repeats is
+#: about 3 MB); a longer one is a protocol violation, not a reason to grow memory without end.
+DEFAULT_MAX_LINE_BYTES = 64 << 20
+#: Lines that are not JSON and do not start with ``{`` tolerated in one session (logged with the
+#: agent's stderr: a login script printing on a shell's stdout, say); one more is a violation.
+MAX_NOISE_LINES = 100
 
 
 def _protocol() -> Any:
@@ -77,9 +100,17 @@ class Connection(abc.ABC):
     device's journal survives).
     """
 
-    def __init__(self, device: Device, *, hello_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, device: Device, *, hello_timeout_s: float = 60.0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    ) -> None:
+        if max_line_bytes < 1024:
+            raise ValueError(f"max_line_bytes must be at least 1024, got {max_line_bytes}")
         self.device = device
         self.hello_timeout_s = hello_timeout_s
+        self.max_line_bytes = int(max_line_bytes)
+        #: why the agent is not trusted any more (a protocol violation), else None
+        self.violation: Optional[str] = None
+        self._sent: set[str] = set()
         self.hello: Optional[Dict[str, Any]] = None
         self._pending: Dict[str, _Pending] = {}
         self._lock = threading.Lock()
@@ -120,6 +151,8 @@ class Connection(abc.ABC):
         ``facts``...). Reconnects if called again after a drop."""
         self._shutdown(graceful=False)  # release a dropped (or open) session first
         self._stderr_tail.clear()
+        self._sent = set()
+        self.violation = None
         self._start()
         self._dead = None
         try:
@@ -159,10 +192,13 @@ class Connection(abc.ABC):
         pending = _Pending(verb)
         with self._lock:
             if self._dead is not None:
+                if self.violation is not None:
+                    raise self._error(self.violation, rid, violation=True)
                 raise self._error(f"not connected ({self._dead})", rid)
             if rid in self._pending:
                 raise TransportError(f"device {self.name}: request id {rid!r} already in flight")
             self._pending[rid] = pending
+            self._sent.add(rid)
         try:
             line = proto.encode(proto.make_request(verb, rid, args or {}))
             try:
@@ -184,6 +220,8 @@ class Connection(abc.ABC):
             with self._lock:
                 self._pending.pop(rid, None)
         if pending.response is None:
+            if self.violation is not None:
+                raise self._error(self.violation, rid, violation=True)
             raise self._error(f"connection lost while waiting for {verb} ({self._dead})", rid)
         return pending.response
 
@@ -201,7 +239,11 @@ class Connection(abc.ABC):
             raise TransportError(
                 f"device {self.name}: results query failed: {response.get('status')}: {response.get('error')}"
             )
-        return dict((response.get("result") or {}).get("results") or {})
+        found = (response.get("result") or {}).get("results") if isinstance(response.get("result"), dict) else None
+        if not isinstance(found, dict) or not all(v is None or isinstance(v, dict) for v in found.values()):
+            self._violate("a results answer that is not an object of responses by id")
+            raise self._error(self.violation or "", violation=True)
+        return dict(found)
 
     def put_artifact(
         self,
@@ -303,12 +345,12 @@ class Connection(abc.ABC):
     def _describe(self) -> str:
         return self.name
 
-    def _error(self, message: str, request_id: Optional[str] = None) -> TransportError:
+    def _error(self, message: str, request_id: Optional[str] = None, *, violation: bool = False) -> TransportError:
         tail = "; ".join(list(self._stderr_tail)[-3:])
-        text = f"device {self._describe()}: {message}"
+        text = f"device {self._describe()}: {'agent broke the protocol: ' if violation else ''}{message}"
         if tail:
             text += f" [agent stderr: {tail}]"
-        exc = TransportError(text)
+        exc = ProtocolViolation(text) if violation else TransportError(text)
         exc.request_id = request_id
         return exc
 
@@ -320,6 +362,8 @@ class Connection(abc.ABC):
                 f"(controller speaks protocol v{proto.PROTOCOL_VERSION})"
             )
         result = response.get("result") or {}
+        if not isinstance(result, dict):
+            raise self._error("agent's hello result is not an object", violation=True)
         theirs = result.get("protocol")
         if theirs != proto.PROTOCOL_VERSION:
             raise self._error(
@@ -328,6 +372,11 @@ class Connection(abc.ABC):
             )
         if not result.get("store_dir"):
             raise self._error("agent's hello did not report a store_dir")
+        store_dir = result["store_dir"]
+        if not isinstance(store_dir, str) or not store_dir.startswith("/") or not store_dir.isprintable():
+            raise self._error(f"agent's hello reported a bad store_dir {_clip(store_dir)}", violation=True)
+        if not isinstance(result.get("facts", {}), dict):
+            raise self._error("agent's hello reported facts that are not an object", violation=True)
         return dict(result)
 
     def _start_reader(self, read: Callable[[], bytes], label: str) -> None:
@@ -360,8 +409,10 @@ class Connection(abc.ABC):
 
     def _reader_loop(self, read: Callable[[], bytes]) -> None:
         proto = _protocol()
-        buf = b""
+        buf = bytearray()
+        scanned = 0  # bytes of buf already searched for a newline
         reason = "agent closed its output"
+        noise = 0  # lines that are not JSON (and do not start like an object) tolerated so far
         while True:
             try:
                 chunk = read()
@@ -370,30 +421,68 @@ class Connection(abc.ABC):
                 break
             if not chunk:
                 reason = self._eof_reason()
+                if buf.strip():
+                    reason += f" in the middle of a line ({len(buf)} bytes without a newline)"
                 break
             buf += chunk
-            while True:
-                nl = buf.find(b"\n")
+            violation = None
+            while violation is None:
+                nl = buf.find(b"\n", scanned)
                 if nl < 0:
+                    scanned = len(buf)
+                    if len(buf) > self.max_line_bytes:
+                        violation = f"a line longer than {self.max_line_bytes} bytes (max_line_bytes)"
                     break
-                line, buf = buf[:nl], buf[nl + 1 :]
+                if nl > self.max_line_bytes:
+                    violation = f"a line longer than {self.max_line_bytes} bytes (max_line_bytes)"
+                    break
+                line = bytes(buf[:nl])
+                del buf[: nl + 1]
+                scanned = 0
                 if not line.strip():
                     continue
                 try:
                     msg = proto.decode(line)
-                except proto.ProtocolError:
-                    self._stderr_tail.append("stdout: " + line.decode("utf-8", "replace")[:300])
-                    continue
-                rid = msg.get("id")
-                with self._lock:
-                    pending = self._pending.get(rid) if isinstance(rid, str) else None
-                if pending is None:
-                    if msg.get("status") not in (None, "ok"):
-                        self._stderr_tail.append(f"unmatched response {rid!r}: {msg.get('status')}: {msg.get('error')}")
-                    continue
-                pending.response = msg
-                pending.event.set()
+                except proto.ProtocolError as exc:
+                    if not line.lstrip().startswith(b"{") and noise < MAX_NOISE_LINES:
+                        noise += 1  # a shell's login noise, say; a broken object is not noise
+                        self._stderr_tail.append("stdout: " + line.decode("utf-8", "replace")[:300])
+                        continue
+                    violation = f"{exc.message}: {_clip(line)}"
+                    break
+                try:
+                    check_response(msg)
+                except proto.ProtocolError as exc:
+                    violation = f"{exc.message}: {_clip(line)}"
+                    break
+                violation = self._deliver(msg)
+            if violation is not None:
+                self._violate(violation)
+                return
         self._mark_dead(reason)
+
+    def _deliver(self, msg: Dict[str, Any]) -> Optional[str]:
+        """Hand a response to the request waiting for it; returns a violation, else None."""
+        rid = msg["id"]
+        if rid is None:  # the agent could not read a request of ours
+            return f"an answer without a request id ({msg['status']}: {_clip(msg.get('error'))})"
+        with self._lock:
+            pending = self._pending.get(rid)
+            sent = rid in self._sent
+        if pending is None:
+            if not sent:
+                return f"an answer to request {_clip(rid)}, which this session never sent"
+            return None  # a late answer to a request that timed out (or a repeat): ignored
+        pending.response = msg
+        pending.event.set()
+        return None
+
+    def _violate(self, reason: str) -> None:
+        """The agent broke the protocol: stop trusting it, fail every waiting request."""
+        with self._lock:
+            if self.violation is None:
+                self.violation = reason
+        self._mark_dead(f"protocol violation: {reason}")
 
     def _eof_reason(self) -> str:
         return "agent closed its output"
@@ -419,3 +508,83 @@ class Connection(abc.ABC):
             for t in self._threads:
                 t.join(timeout=2.0)
             self._threads = []
+
+
+def _clip(value: Any, n: int = 80) -> str:
+    """A short printable excerpt of what an agent sent, for an error message."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[: n * 4]).decode("utf-8", "replace")
+    text = repr(value) if not isinstance(value, str) else value
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def check_response(msg: Dict[str, Any]) -> Dict[str, Any]:
+    """``msg`` if it is a well-formed response (an integer ``v``, ``id`` string or null, a known
+    ``status``, ``error`` string or null, ``result``), else raises ``ProtocolError`` naming what is
+    wrong. Which version the agent speaks is checked once, at hello."""
+    proto = _protocol()
+    extra = sorted(set(msg) - {"v", "id", "status", "error", "result"})
+    problem = None
+    if not isinstance(msg.get("v"), int) or isinstance(msg.get("v"), bool):
+        problem = "a response without an integer protocol version 'v'"
+    elif "id" not in msg or not (msg["id"] is None or isinstance(msg["id"], str)):
+        problem = "a response without a string id"
+    elif msg.get("status") not in proto.STATUSES:
+        problem = f"a response with unknown status {_clip(msg.get('status'))}"
+    elif not (msg.get("error") is None or isinstance(msg.get("error"), str)):
+        problem = "a response whose error is not a string"
+    elif extra:
+        problem = f"a response with unknown field(s) {_clip(', '.join(extra))}"
+    if problem is not None:
+        raise proto.ProtocolError(proto.BAD_JSON, problem)
+    return msg
+
+
+def _finite(value: Any, *, positive: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        x = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(x) and (x > 0 if positive else x >= 0)
+
+
+def check_measure_response(response: Dict[str, Any], request_id: str, device: str = "?") -> None:
+    """Raise :class:`ProtocolViolation` unless ``response`` is a ``measure`` answer fit to store:
+    a known status, for ``request_id``, and a result that, when there is one, is an object with
+    finite, non-negative latencies (a positive median when the status is ``ok``) and a list of
+    finite samples. Nothing the agent sends is stored as a measurement without passing this.
+    ``device`` names the device in the error."""
+    try:
+        _check_measure_response(response, request_id)
+    except ProtocolViolation as exc:
+        raise ProtocolViolation(f"device {device}: agent broke the protocol: {exc}") from None
+
+
+def _check_measure_response(response: Dict[str, Any], request_id: str) -> None:
+    proto = _protocol()
+    if not isinstance(response, dict) or response.get("status") not in proto.STATUSES:
+        status = response.get("status") if isinstance(response, dict) else response
+        raise ProtocolViolation(f"measure answer {request_id} with unknown status {_clip(status)}")
+    if "id" in response and response["id"] != request_id:  # (the transport checked the rest of the envelope)
+        raise ProtocolViolation(
+            f"measure answer for request {_clip(response.get('id'))} instead of {_clip(request_id)}"
+        )
+    res = response.get("result")
+    if res is None and response["status"] != proto.OK:
+        return
+    if not isinstance(res, dict):
+        raise ProtocolViolation(f"measure answer {request_id}: the result is not an object")
+    if response["status"] == proto.OK and not _finite(res.get("latency_ms_median"), positive=True):
+        raise ProtocolViolation(
+            f"measure answer {request_id}: status ok without a positive latency_ms_median "
+            f"({_clip(res.get('latency_ms_median'))})"
+        )
+    for key in ("latency_ms_median", "latency_ms_mean", "latency_ms_p90"):
+        if res.get(key) is not None and not _finite(res[key]):
+            raise ProtocolViolation(f"measure answer {request_id}: {key} is {_clip(res[key])}")
+    samples = res.get("samples_ms")
+    if samples is not None and (not isinstance(samples, list) or not all(_finite(x) for x in samples)):
+        raise ProtocolViolation(f"measure answer {request_id}: samples_ms is not a list of finite numbers")

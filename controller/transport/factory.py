@@ -18,7 +18,7 @@ def make_connection(device: Device, **options: Any) -> Connection:
     :class:`SSHConnection` otherwise. ``options`` go to the constructor (options meant for the other
     kind are ignored, so a caller can pass one set for every device)."""
     if device.kind == "local":
-        allowed = {"store_dir", "journal_path", "env", "hello_timeout_s"}
+        allowed = {"store_dir", "journal_path", "env", "hello_timeout_s", "max_line_bytes"}
         return LocalConnection(device, **{k: v for k, v in options.items() if k in allowed})
     local_only = {"store_dir", "journal_path", "env"}
     return SSHConnection(device, **{k: v for k, v in options.items() if k not in local_only})

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 from nnflash.controller.errors import TransportError
 from nnflash.controller.inventory import Device
-from nnflash.controller.transport.base import Connection
+from nnflash.controller.transport.base import DEFAULT_MAX_LINE_BYTES, Connection
 from nnflash_agent.fileio import sha256_file
 
 __all__ = ["LocalConnection"]
@@ -40,8 +40,9 @@ class LocalConnection(Connection):
         journal_path: Optional[os.PathLike[str] | str] = None,
         env: Optional[Dict[str, str]] = None,
         hello_timeout_s: float = 60.0,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
-        super().__init__(device, hello_timeout_s=hello_timeout_s)
+        super().__init__(device, hello_timeout_s=hello_timeout_s, max_line_bytes=max_line_bytes)
         self.store_dir_option = Path(store_dir) if store_dir is not None else None
         self.journal_path_option = Path(journal_path) if journal_path is not None else None
         self._env = env

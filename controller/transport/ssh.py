@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from nnflash.controller.errors import HostKeyError, TransportError
 from nnflash.controller.inventory import Device
-from nnflash.controller.transport.base import SHA256_RE, Connection
+from nnflash.controller.transport.base import DEFAULT_MAX_LINE_BYTES, SHA256_RE, Connection
 from nnflash.controller.transport.hostkeys import (
     apply_host_keys,
     changed_key_error,
@@ -319,9 +319,10 @@ class SSHConnection(Connection):
         look_for_keys: bool = True,
         allow_agent: bool = True,
         hello_timeout_s: float = 60.0,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        super().__init__(device, hello_timeout_s=hello_timeout_s)
+        super().__init__(device, hello_timeout_s=hello_timeout_s, max_line_bytes=max_line_bytes)
         if device.kind != "ssh":
             raise TransportError(f"device {device.name} is not an SSH device (kind {device.kind})")
         self.known_hosts_path = Path(known_hosts_path) if known_hosts_path is not None else default_known_hosts_path()
