@@ -1,7 +1,8 @@
 """The calibration workflow behind ``nnflash calibrate``: choose, measure, fit, cross-validate.
 
-Measuring is a callback (``profile(specs) -> rows``; rows carry ``spec_id``, ``latency_ms_median``,
-``energy_mj`` and ``status``), so this module needs no controller and is tested with a fake one.
+Measuring is a callback (``profile(specs) -> rows``; rows carry ``spec_id``, ``status``, the
+visit's latency (``latency_ms``, or in the row's ``summary``; ``latency_ms_median`` in rows of
+protocol v1) and ``energy_mj``), so this module needs no controller and is tested with a fake one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from nnflash.calibration.base import CostModel, make_model
 from nnflash.calibration.crossval import cross_val_predict, report_metrics
 from nnflash.calibration.errors import CostModelError
 from nnflash.calibration.select import cover, most_uncertain, plan_budget
+from nnflash_agent.stats import model_latency_ms, visit_latency_of
 
 ProfileFn = Callable[[list[Any]], Sequence[Mapping[str, Any]]]
 
@@ -43,20 +45,19 @@ def usable_rows(
     specs_by_id: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
 ) -> tuple[list[Any], np.ndarray, np.ndarray | None, list[str]]:
     """Specs, latencies and (when every model has one) energies from the ``ok`` rows; the ids of
-    models with no usable row (failed, no latency, spec unknown).
+    models with no usable row (failed, disturbed, no latency, spec unknown).
 
-    A model measured in several visits (``nnflash calibrate --passes``) gets the **minimum** of
-    its visits' medians: on a shared or busy device a disturbance (another process, a burst of
-    I/O) lasting a second or more slows a whole visit, always upwards, and the least disturbed
-    visit is the best estimate of the model's own latency (the rule of ``benchmarks/direct_timing.py``).
-    Its energy is the median of its visits' energies (visits without one are left out). Models
-    keep the order of their first row."""
+    Only undisturbed visits count: a ``disturbed`` row (the agent saw other processes compete for
+    the CPUs, stolen time, throttling) is never fitted. A model's latency is
+    :func:`nnflash_agent.stats.model_latency_ms` of its visits' latencies
+    (:func:`~nnflash_agent.stats.visit_latency_of`): the one definition that ``profile``, ``predict``
+    and the report share. Its energy is the median of its visits' energies (visits without one are
+    left out). Models keep the order of their first row."""
     visits: dict[str, list[Mapping[str, Any]]] = {}
     skipped = []
     for r in rows:
         sid = str(r.get("spec_id"))
-        lat = r.get("latency_ms_median")
-        if r.get("status") != "ok" or lat is None or not math.isfinite(float(lat)) or float(lat) <= 0:
+        if r.get("status") != "ok" or visit_latency_of(r) is None:
             skipped.append(sid)
             continue
         if sid not in specs_by_id:
@@ -64,7 +65,7 @@ def usable_rows(
             continue
         visits.setdefault(sid, []).append(r)
     specs = [specs_by_id[s] for s in visits]
-    lat = np.array([min(float(r["latency_ms_median"]) for r in visits[s]) for s in visits])
+    lat = np.array([model_latency_ms([visit_latency_of(r) or math.nan for r in visits[s]]) for s in visits])
     energy = None
     en_lists = [[float(r["energy_mj"]) for r in visits[s] if _positive(r.get("energy_mj"))] for s in visits]
     if visits and all(en_lists):
@@ -94,6 +95,8 @@ def fit_measurements(
     pred = cross_val_predict(lambda: make_model(model), specs, lat, k=k, seed=seed)
     cv = report_metrics(lat, pred)
     cv["folds"] = float(min(k, len(specs)))
+    # the 90th percentile of |predicted / measured - 1| (a fraction): the search's default margin
+    cv["p90"] = float(np.quantile(np.abs(pred / lat - 1.0), 0.9))
     energy_cv = None
     if energy_mj is not None:
         en = np.asarray(energy_mj, float)
@@ -101,6 +104,7 @@ def fit_measurements(
             lambda: make_model("energy", latency_model=model), specs, en, k=k, seed=seed, latency_ms=lat
         )
         energy_cv = report_metrics(en, epred)
+        energy_cv["p90"] = float(np.quantile(np.abs(epred / en - 1.0), 0.9))
         fitted = make_model("energy", latency_model=model).fit(specs, en, latency_ms=lat)
     else:
         fitted = make_model(model).fit(specs, lat)

@@ -47,7 +47,10 @@ def predict_cmd(
     precision: Optional[str],
     as_json: bool,
 ) -> None:
-    """Predict the latency (and energy, where the model has it) of every spec in SPECS.jsonl."""
+    """Predict the latency (and energy, where the model has it) of every spec in SPECS.jsonl.
+
+    The latency is the one `nnflash calibrate` fitted and `nnflash profile` measures: the median of
+    a model's undisturbed repeats and visits (nnflash_agent.stats)."""
     from nnflash.calibration import check_compatible, load_model
     from nnflash.models.spec import load_specs_jsonl
 
@@ -227,7 +230,7 @@ def _device_facts(db_path: str, device: str) -> Optional[dict[str, Any]]:
     default=5,
     show_default=True,
     help="Measure every model this many times, one pass over all of them after another; "
-    "a model's latency is its least disturbed pass (the minimum of the pass medians).",
+    "a model's latency is the median of its undisturbed passes (nnflash_agent.stats).",
 )
 @counting_options(10, 25.0, "Timed repeats per model and pass.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -259,9 +262,10 @@ def calibrate_cmd(
     Chooses models that cover the space (size, depth, width, skip density), then adds those where
     bootstrap fits disagree most; every measurement goes through the campaign runner and the
     database, so an interrupted calibration resumes. Each round measures its models in --passes
-    passes, one after another, and a model's latency is the minimum of its pass medians, so a
-    disturbance that slows one pass does not enter the fit. --from-db refits from stored
-    measurements (every stored visit).
+    passes, one after another. A pass the agent found disturbed (other processes competing for
+    the CPUs, stolen time, throttling) is measured again later and never fitted; a model's latency
+    is the median of its undisturbed passes, the definition profile, predict and the report share
+    (nnflash_agent.stats). --from-db refits from stored measurements (every stored ok visit).
     """
     from nnflash.calibration import COST_MODELS
     from nnflash.calibration.crossval import format_metrics, plot_predicted_vs_measured
@@ -334,6 +338,8 @@ def calibrate_cmd(
         cv=result.cv,
         energy_cv=result.energy_cv,
         space=space_name,
+        input_shape=_common(s.input_shape for s in result.specs),
+        num_classes=_common(s.num_classes for s in result.specs),
         budget=budget,
         measurement=None if from_db else {"passes": passes, "repeat": repeat, "min_repeat_ms": min_repeat_ms},
     )
@@ -371,7 +377,7 @@ def calibrate_cmd(
         return
     click.echo(
         f"{len(result.specs)} models measured on {device} ({runtime}, threads {threads}, {precision})"
-        + ("" if from_db else f" in {passes} pass{'es' if passes > 1 else ''}, each model's least disturbed one kept")
+        + ("" if from_db else f" in {passes} pass{'es' if passes > 1 else ''}, the median of the undisturbed ones")
         + (f"; {len(result.skipped)} skipped (failed)" if result.skipped else "")
     )
     click.echo(f"cross-validated latency ({int(result.cv['folds'])} folds): {format_metrics(result.cv)}")
@@ -379,6 +385,12 @@ def calibrate_cmd(
         click.echo(f"cross-validated energy: {format_metrics(result.energy_cv)}")
     click.echo("parameters: " + json.dumps(_clean(model.report()), sort_keys=True))
     click.echo(f"cost model: {out}\nplot: {plot}")
+
+
+def _common(values: Any) -> Any:
+    """The value every measured spec shares (a list for shapes), or None when they differ."""
+    vals = {json.dumps(list(v) if isinstance(v, tuple) else v) for v in values}
+    return json.loads(vals.pop()) if len(vals) == 1 else None
 
 
 def _clean(obj: Any) -> Any:
