@@ -28,6 +28,7 @@ from nnflash.calibration.features import feature_matrix, feature_names, features
 from nnflash.calibration.roofline import RooflineLatencyModel
 from nnflash.calibration.linear import LinearLatencyModel, MacsOnlyModel
 from nnflash.calibration.energy import EnergyModel
+from nnflash.calibration.imc_model import ImcModel
 
 # isort: on
 
@@ -36,6 +37,7 @@ __all__ = [
     "CostModel",
     "CostModelError",
     "EnergyModel",
+    "ImcModel",
     "LinearLatencyModel",
     "MacsOnlyModel",
     "RooflineLatencyModel",

@@ -151,7 +151,7 @@ def test_too_few_samples_raise_clearly(kind: str) -> None:
 
 
 def test_registry_is_complete() -> None:
-    assert set(COST_MODELS) == {"roofline", "linear", "macs", "energy"}
+    assert set(COST_MODELS) == {"roofline", "linear", "macs", "energy", "imc"}
     with pytest.raises(CostModelError, match="unknown cost model"):
         make_model("forest")
 
