@@ -291,13 +291,13 @@ def model_from_dict(obj: Any, source: str = "cost model") -> CostModel:
     if obj.get("format") != FORMAT:
         raise CostModelError(f"{source}: not an nnflash cost model (format {obj.get('format')!r})")
     version = obj.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION or version < 1:
         raise CostModelError(
             f"{source}: cost-model format version {version!r} is not supported "
             f"(this nnflash reads versions 1..{FORMAT_VERSION}; upgrade nnflash)"
         )
     kind = obj.get("kind")
-    if kind not in COST_MODELS:
+    if not isinstance(kind, str) or kind not in COST_MODELS:
         raise CostModelError(f"{source}: unknown cost-model kind {kind!r} (known: {', '.join(sorted(COST_MODELS))})")
     params = obj.get("params")
     state = obj.get("state")
@@ -310,7 +310,7 @@ def model_from_dict(obj: Any, source: str = "cost model") -> CostModel:
         model._set_state(state)
     except CostModelError as e:
         raise CostModelError(f"{source}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, IndexError) as e:
         raise CostModelError(f"{source}: corrupt {kind} state ({type(e).__name__}: {e})") from None
     model.metadata_ = dict(meta)
     return model
@@ -329,6 +329,8 @@ def load_model(path: str | Path) -> CostModel:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise CostModelError(f"cost model {p}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, a nesting too deep
+        raise CostModelError(f"cost model {p}: not valid JSON ({e})") from None
     return model_from_dict(obj, source=f"cost model {p}")
 
 

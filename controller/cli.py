@@ -14,6 +14,14 @@ import click
 from nnflash.models.errors import NnflashError
 
 
+def one_line(text: str) -> str:
+    """``text`` on one printable line: a control character or lone surrogate (a newline in a field
+    name read from a hostile file, say) is shown escaped, as Python writes it in a string."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -21,7 +29,7 @@ class _Group(click.Group):
         except NnflashError as e:
             if ctx.meta.get("nnflash.debug"):
                 raise
-            click.echo(f"nnflash: error: {e}", err=True)
+            click.echo(f"nnflash: error: {one_line(str(e))}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("nnflash: interrupted", err=True)
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = ""
         if isinstance(e, click.UsageError) and e.ctx is not None:
             hint = f" (see '{e.ctx.command_path} --help')"
-        click.echo(f"nnflash: error: {e.format_message()}{hint}", err=True)
+        click.echo(f"nnflash: error: {one_line(e.format_message())}{hint}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -425,6 +425,8 @@ class Inventory:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise InventoryError(f"cannot read inventory {p}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise InventoryError(f"inventory {p} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
         try:
             data = _load_toml_text(text)
         except Exception as exc:  # tomllib.TOMLDecodeError

@@ -241,7 +241,12 @@ def _dumps(value: Any) -> Optional[str]:
 
 
 def _loads(text: Optional[str]) -> Any:
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:  # a damaged file: say so, do not crash
+        raise StoreError(f"results database holds a damaged JSON value ({type(exc).__name__}: {exc})") from None
 
 
 class ResultsDB:
@@ -263,6 +268,9 @@ class ResultsDB:
         self._db = self._connect()
         try:
             self._check_and_migrate()
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # damaged (sqlite's message may not be UTF-8)
+            self._db.close()
+            raise StoreError(f"{self.path} is not a readable nnflash results database ({exc})") from None
         except BaseException:
             self._db.close()
             raise
@@ -283,7 +291,7 @@ class ResultsDB:
                 db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             else:
                 db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise StoreError(f"cannot open results database {self.path}: {exc}") from None
         db.isolation_level = None  # autocommit; explicit BEGIN for multi-statement writes
         db.row_factory = sqlite3.Row
@@ -296,7 +304,7 @@ class ResultsDB:
             else:
                 self.journal_mode = str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             db.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             db.close()
             raise StoreError(f"{self.path} is not an nnflash results database ({exc})") from None
         return db
@@ -364,14 +372,14 @@ class ResultsDB:
         with self._lock:
             try:
                 return self._db.execute(sql, params)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
                 raise StoreError(f"results database {self.path}: {exc}") from None
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
                 raise StoreError(f"results database {self.path}: {exc}") from None
 
     # ---- specs

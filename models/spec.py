@@ -689,12 +689,14 @@ def parse_spec(obj: Mapping[str, Any] | str) -> AnySpec:
             obj = json.loads(obj)
         except json.JSONDecodeError as e:
             raise SpecError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except (ValueError, RecursionError) as e:  # a 5000-digit number, a nesting too deep
+            raise SpecError(f"malformed JSON: {e}") from None
     if not isinstance(obj, Mapping):
         raise SpecError(f"spec must be a JSON object, got {type(obj).__name__}")
     fam = obj.get("family")
     if fam is None:
         raise SpecError(f"family: missing required field (known: {', '.join(sorted(FAMILIES))})")
-    if fam not in FAMILIES:
+    if not isinstance(fam, str) or fam not in FAMILIES:
         raise SpecError(f"family: unknown family {json.dumps(fam)} (known: {', '.join(sorted(FAMILIES))})")
     spec = FAMILIES[fam](obj)
     claimed = obj.get("spec_id")
@@ -739,6 +741,8 @@ def spec_of_line(obj: Mapping[str, Any] | str) -> AnySpec:
             obj = json.loads(obj)
         except json.JSONDecodeError as e:
             raise SpecError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except (ValueError, RecursionError) as e:  # a 5000-digit number, a nesting too deep
+            raise SpecError(f"malformed JSON: {e}") from None
     if isinstance(obj, Mapping) and "family" not in obj and "spec" in obj:
         inner = obj["spec"]
         if not isinstance(inner, Mapping):

@@ -340,7 +340,7 @@ def accuracy_model_from_dict(obj: Any, source: str = "accuracy predictor") -> Ac
             f"(this nnflash reads versions 1..{FORMAT_VERSION}; upgrade nnflash)"
         )
     kind = obj.get("kind")
-    if kind not in ACCURACY_MODELS:
+    if not isinstance(kind, str) or kind not in ACCURACY_MODELS:
         raise AccuracyModelError(
             f"{source}: unknown accuracy-predictor kind {kind!r} (known: {', '.join(sorted(ACCURACY_MODELS))})"
         )
@@ -372,4 +372,6 @@ def load_accuracy_model(path: str | Path) -> AccuracyModel:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise AccuracyModelError(f"accuracy predictor {p}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, a nesting too deep
+        raise AccuracyModelError(f"accuracy predictor {p}: not valid JSON ({e})") from None
     return accuracy_model_from_dict(obj, source=f"accuracy predictor {p}")
