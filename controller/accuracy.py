@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,11 @@ def pooled_trainings(
     for r in rows:
         by_spec.setdefault(r["spec_id"], []).append(r)
     out = []
+
+    def mean(values: list[Any]) -> float:  # imported tables may hold only one of the two accuracies
+        present = [float(v) for v in values if v is not None]
+        return float(np.mean(present)) if present else math.nan
+
     for sid, rs in by_spec.items():
         stored = db.get_spec(sid)
         if stored is None:
@@ -66,12 +72,37 @@ def pooled_trainings(
         out.append(
             PooledTraining(
                 spec=parse_spec(stored["json"]),
-                val_accuracy=float(np.mean([r["val_accuracy"] for r in rs])),
-                test_accuracy=float(np.mean([r["test_accuracy"] for r in rs])),
+                val_accuracy=mean([r["val_accuracy"] for r in rs]),
+                test_accuracy=mean([r["test_accuracy"] for r in rs]),
                 seeds=sorted(int(r["seed"]) for r in rs),
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class ExternalProtocol:
+    """The protocol of accuracies imported from a table (``nnflash import accuracy``): a name and
+    the hash it is stored under; nnflash knows nothing else of how those networks were trained."""
+
+    name: str
+    protocol_hash: str
+
+
+def resolve_protocol(name: str, db_path: str | Path) -> TrainingProtocol | ExternalProtocol:
+    """A training preset or TOML file (``get_protocol``), else a protocol imported under ``name``
+    into the database at ``db_path``."""
+    from nnflash.models.training_protocol import ProtocolError, get_protocol
+
+    try:
+        return get_protocol(name)
+    except ProtocolError as e:
+        if Path(db_path).exists():
+            with ResultsDB(db_path, readonly=True) as db:
+                found = db.external_protocol(name)
+            if found is not None:
+                return ExternalProtocol(found["name"], found["protocol_hash"])
+        raise ProtocolError(f"{e}; nor an imported protocol in {db_path}") from None
 
 
 def proxies_for(
@@ -113,7 +144,7 @@ class FitOutcome:
 def fit_accuracy(
     db_path: str | Path,
     dataset: str,
-    protocol: TrainingProtocol,
+    protocol: TrainingProtocol | ExternalProtocol,
     kind: str,
     out: str | Path,
     *,
@@ -148,6 +179,13 @@ def fit_accuracy(
                     f"has {'x'.join(map(str, info.input_shape))}"
                 )
         y = np.array([p.val_accuracy if target == "val" else p.test_accuracy for p in pooled])
+        missing = np.flatnonzero(~np.isfinite(y))
+        if len(missing):
+            other = "test" if target == "val" else "val"
+            raise AccuracyModelError(
+                f"{len(missing)} of the {len(pooled)} trained specs on {where} have no {target} accuracy "
+                f"(e.g. {pooled[missing[0]].spec.spec_id}; an imported table holds one of them): try --target {other}"
+            )
         proxies = None
         batch_info = None
         if model.needs_proxies:

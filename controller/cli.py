@@ -59,6 +59,7 @@ def _register() -> None:
 
     importlib.import_module("nnflash.controller.commands.accuracy_cmds").register(cli)
     importlib.import_module("nnflash.controller.commands.train_cmds").register(cli)
+    importlib.import_module("nnflash.controller.commands.import_cmds").register(cli)
     try:  # calibration commands need the calibration package (scipy)
         calibration_cmds = importlib.import_module("nnflash.controller.commands.calibration_cmds")
     except ImportError:

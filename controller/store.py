@@ -205,8 +205,25 @@ def _migration_4(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE cost_models ADD COLUMN precision TEXT NOT NULL DEFAULT 'fp32'")
 
 
+def _migration_5(db: sqlite3.Connection) -> None:
+    """Where a measurement or a training comes from: ``agent`` (measured by nnflash's agent) or
+    ``nnflash`` (trained by nnflash) for every existing row, ``external`` for rows read from a
+    published table by ``nnflash import``. A device's measurements on one runtime come from one
+    source only (:meth:`ResultsDB.add_measurement` and :meth:`ResultsDB.import_external` refuse
+    to mix them)."""
+    db.execute("ALTER TABLE measurements ADD COLUMN source TEXT NOT NULL DEFAULT 'agent'")
+    db.execute("CREATE INDEX measurements_by_source ON measurements(device, runtime, source)")
+    db.execute("ALTER TABLE trainings ADD COLUMN source TEXT NOT NULL DEFAULT 'nnflash'")
+
+
 #: Append-only. Migration ``i`` (1-based) takes a database at ``user_version = i - 1`` to ``i``.
-MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
+MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_5,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Columns of ``nnflash results --csv/--json`` (in this order).
@@ -499,6 +516,14 @@ class ResultsDB:
             raise StoreError("a measurement needs a request_id")
         if not status:
             raise StoreError("a measurement needs a status")
+        if self._query(
+            "SELECT 1 FROM measurements WHERE device = ? AND runtime = ? AND source = 'external' LIMIT 1",
+            (device, runtime),
+        ):
+            raise StoreError(
+                f"device {device!r} ({runtime}) in {self.path} holds measurements imported from an external "
+                "table; nnflash's own measurements never join them: measure under another device name"
+            )
         params = (
             campaign_id,
             spec_id,
@@ -555,6 +580,129 @@ class ResultsDB:
             precision=precision,
             **measurement_fields(response),
         )
+
+    def measurement_sources(self, device: str, runtime: str) -> List[str]:
+        """The sources (``agent``, ``external``) of the measurements stored for (device, runtime)."""
+        rows = self._query(
+            "SELECT DISTINCT source FROM measurements WHERE device = ? AND runtime = ? ORDER BY source",
+            (device, runtime),
+        )
+        return [str(r[0]) for r in rows]
+
+    def external_protocol(self, name: str) -> Optional[Dict[str, Any]]:
+        """The training protocol imported under ``name`` (``nnflash import accuracy``), or None."""
+        for row in self._query("SELECT * FROM training_protocols WHERE name = ? ORDER BY created_at", (name,)):
+            record = _loads(row["json"])
+            if isinstance(record, dict) and record.get("external"):
+                return {"protocol_hash": row["protocol_hash"], "name": row["name"], "json": record}
+        return None
+
+    def import_external(
+        self,
+        *,
+        specs: Sequence[tuple[str, str, str]],
+        measurements: Sequence[Mapping[str, Any]] = (),
+        trainings: Sequence[Mapping[str, Any]] = (),
+        protocol: Optional[tuple[str, str, Mapping[str, Any]]] = None,
+    ) -> Dict[str, int]:
+        """Store an imported table in **one** transaction: every row or none.
+
+        ``specs``: ``(spec_id, family, json)``; ``measurements``: ``ok`` latency rows (spec_id,
+        device, runtime, precision, latency_ms, record) stored with ``source = 'external'``, no
+        threads, visit 0; ``trainings``: ``ok`` rows (spec_id, dataset, protocol_hash,
+        val_accuracy or test_accuracy, record) with ``source = 'external'``, seed 0; ``protocol``:
+        ``(hash, name, json)``. A row whose key is already stored with the same value is skipped
+        (an import can be rerun); with another value, or a device/runtime that holds nnflash's own
+        measurements, it raises ``StoreError`` and nothing is written. Returns the counts stored
+        and skipped."""
+        counts = {"specs": 0, "measurements": 0, "trainings": 0, "unchanged": 0}
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for key in {(m["device"], m["runtime"]) for m in measurements}:
+                    own = db.execute(
+                        "SELECT count(*) FROM measurements WHERE device = ? AND runtime = ? AND source != 'external'",
+                        key,
+                    ).fetchone()[0]
+                    if own:
+                        raise StoreError(
+                            f"device {key[0]!r} ({key[1]}) in {self.path} holds {own} measurement(s) made by "
+                            "nnflash's agent; imported latencies never join them: import under another device name"
+                        )
+                if protocol is not None:
+                    db.execute(
+                        "INSERT INTO training_protocols(protocol_hash, name, json, created_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT DO NOTHING",
+                        (protocol[0], protocol[1], _dumps(dict(protocol[2])), utc_now()),
+                    )
+                for spec_id, family, text in specs:
+                    cur = db.execute(
+                        "INSERT INTO specs(spec_id, family, json, created_at) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT DO NOTHING",
+                        (spec_id, family, text, utc_now()),
+                    )
+                    counts["specs"] += cur.rowcount
+                for m in measurements:
+                    old = db.execute(
+                        "SELECT latency_ms_median, source FROM measurements WHERE spec_id = ? AND device = ? "
+                        "AND runtime = ? AND threads IS NULL AND precision = ? AND visit = 0 AND status = 'ok'",
+                        (m["spec_id"], m["device"], m["runtime"], m["precision"]),
+                    ).fetchone()
+                    if old is not None:
+                        if old[1] == "external" and old[0] == _num(m["latency_ms"]):
+                            counts["unchanged"] += 1
+                            continue
+                        raise StoreError(
+                            f"{m['where']}: spec {m['spec_id']} already has a latency of {old[0]} ms on "
+                            f"{m['device']} ({m['runtime']}) in {self.path}, the table says {m['latency_ms']}"
+                        )
+                    db.execute(
+                        "INSERT INTO measurements(spec_id, device, runtime, threads, request_id, status,"
+                        " latency_ms_median, summary_json, created_at, visit, precision, source)"
+                        " VALUES (?, ?, ?, NULL, ?, 'ok', ?, ?, ?, 0, ?, 'external')",
+                        (
+                            m["spec_id"],
+                            m["device"],
+                            m["runtime"],
+                            f"external:{m['device']}:{m['runtime']}:{m['precision']}:{m['spec_id']}",
+                            _num(m["latency_ms"]),
+                            _dumps(dict(m["record"])),
+                            utc_now(),
+                            m["precision"],
+                        ),
+                    )
+                    counts["measurements"] += 1
+                for t in trainings:
+                    column = "val_accuracy" if t.get("val_accuracy") is not None else "test_accuracy"
+                    value = _num(t[column])
+                    old = db.execute(
+                        f"SELECT {column}, source FROM trainings WHERE spec_id = ? AND dataset = ? "
+                        "AND protocol_hash = ? AND seed = 0 AND status = 'ok'",
+                        (t["spec_id"], t["dataset"], t["protocol_hash"]),
+                    ).fetchone()
+                    if old is not None:
+                        if old[1] == "external" and old[0] == value:
+                            counts["unchanged"] += 1
+                            continue
+                        raise StoreError(
+                            f"{t['where']}: spec {t['spec_id']} already has a {column} of {old[0]} for "
+                            f"{t['dataset']} under this protocol in {self.path}, the table says {value}"
+                        )
+                    db.execute(
+                        f"INSERT INTO trainings(spec_id, dataset, protocol_hash, seed, status, {column},"
+                        " record_json, created_at, source) VALUES (?, ?, ?, 0, 'ok', ?, ?, ?, 'external')",
+                        (t["spec_id"], t["dataset"], t["protocol_hash"], value, _dumps(dict(t["record"])), utc_now()),
+                    )
+                    counts["trainings"] += 1
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise StoreError(f"results database {self.path}: {exc}; nothing was imported") from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return counts
 
     def has_request(self, request_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM measurements WHERE request_id = ?", (request_id,)))

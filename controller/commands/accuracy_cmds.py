@@ -22,7 +22,12 @@ def accuracy_group() -> None:
 @accuracy_group.command("fit")
 @click.option("--db", "db_path", default=DEFAULT_DB_NAME, show_default=True, type=click.Path(dir_okay=False))
 @click.option("--dataset", required=True, help="Dataset the trainings were run on (e.g. fashion-mnist).")
-@click.option("--protocol", default="quick", show_default=True, help="Training protocol: a preset or a TOML file.")
+@click.option(
+    "--protocol",
+    default="quick",
+    show_default=True,
+    help="Training protocol: a preset, a TOML file, or the name accuracies were imported under.",
+)
 @click.option("--seed", type=int, default=None, help="Use only this training seed. [default: pool every seed]")
 @click.option(
     "--kind",
@@ -54,10 +59,9 @@ def fit_cmd(
 ) -> None:
     """Fit an accuracy predictor on the ok trainings of DATASET under PROTOCOL (seeds averaged per spec)."""
     from nnflash.calibration.accuracy import format_accuracy_metrics
-    from nnflash.controller.accuracy import fit_accuracy
-    from nnflash.models.training_protocol import get_protocol
+    from nnflash.controller.accuracy import fit_accuracy, resolve_protocol
 
-    proto = get_protocol(protocol)
+    proto = resolve_protocol(protocol, db_path)
     res = fit_accuracy(db_path, dataset, proto, kind, out, seed=seed, data_dir=data_dir, target=target)
     if as_json:
         _emit(
