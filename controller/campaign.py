@@ -21,6 +21,13 @@ Resuming and faults
 - An agent that does not answer within the per-model timeout is restarted and the measurement is
   stored as failed (``timeout``); the campaign goes on.
 - A model that fails to export is stored as a failed measurement (``export_failed``).
+- A ``disturbed`` measurement (the agent saw other processes compete for the measuring CPUs,
+  stolen time, throttling or under-voltage; see ``nnflash_agent.disturbance``) is stored with its
+  figures, never as ``ok``, and the model is measured again **later**: it goes to the back of the
+  device's queue and waits ``disturbed_backoff_s`` (doubling with each attempt) so the disturbance
+  can pass, up to ``max_disturbed`` disturbed attempts per model and visit. Disturbed attempts do
+  not count as failures; a model still disturbed after them is reported (``still_disturbed``) and
+  a rerun tries it again only once the limit is raised.
 - An agent that breaks the protocol (garbage, an over-long line, answers to requests never sent, a
   malformed measurement: :class:`~nnflash.controller.errors.ProtocolViolation`) fails its device at
   once with the reason (``DeviceReport.error``); nothing it sent is stored, the other devices go on.
@@ -45,7 +52,9 @@ from nnflash.controller.store import ResultsDB
 from nnflash.controller.transport.base import check_measure_response
 from nnflash.models.spec import AnySpec
 from nnflash_agent.measure import OPTION_DEFAULTS
+from nnflash_agent.protocol import DISTURBED
 from nnflash_agent.runners import RUNTIME_FORMATS
+from nnflash_agent.stats import visit_latency_of
 
 #: Numeric precisions a model can be deployed at (``int8``: TFLite's static int8 quantization).
 PRECISIONS = ("fp32", "int8")
@@ -69,6 +78,13 @@ class MeasureSettings:
     warmup_s: float = OPTION_DEFAULTS["warmup_s"]
     timeout_s: float = OPTION_DEFAULTS["timeout_s"]
     isolate: bool = OPTION_DEFAULTS["isolate"]
+    #: CPU ids the measuring worker is pinned to (``sched_setaffinity``); None: the scheduler's choice
+    affinity: Optional[tuple[int, ...]] = OPTION_DEFAULTS["affinity"]
+    #: the disturbed gate (see ``agent/measure.py``, step 6): a repeat is disturbed when its threads
+    #: waited for a CPU more than this share of its time ...
+    wait_share_max: float = OPTION_DEFAULTS["wait_share_max"]
+    #: ... and a measurement when more than this share of its repeats were (None: never)
+    disturbed_share_max: Optional[float] = OPTION_DEFAULTS["disturbed_share_max"]
     #: how much longer than ``timeout_s`` the controller waits for an answer before it declares the
     #: agent hung and restarts it (the agent enforces ``timeout_s`` itself on an isolated worker)
     answer_margin_s: float = 60.0
@@ -99,9 +115,13 @@ class MeasureSettings:
             "energy": self.energy,
             "timeout_s": self.timeout_s,
             "isolate": self.isolate,
+            "wait_share_max": self.wait_share_max,
+            "disturbed_share_max": self.disturbed_share_max,
         }
         if self.threads is not None:
             args["threads"] = self.threads
+        if self.affinity is not None:
+            args["affinity"] = list(self.affinity)
         return args
 
 
@@ -113,6 +133,10 @@ class DeviceReport:
     ok: int = 0
     failed: int = 0
     gave_up: int = 0
+    #: disturbed measurements stored (each was measured again, up to the limit)
+    disturbed: int = 0
+    #: models left disturbed: their last allowed attempt was disturbed too (or an earlier run's was)
+    still_disturbed: int = 0
     reconnects: int = 0
     busy_s: float = 0.0
     wall_s: float = 0.0
@@ -137,6 +161,7 @@ def measurement_row(stored: dict[str, Any]) -> dict[str, Any]:
         "threads",
         "precision",
         "status",
+        "latency_ms",
         "latency_ms_median",
         "latency_ms_mean",
         "latency_ms_p90",
@@ -204,6 +229,8 @@ class Campaign:
         reconnect_attempts: int = 6,
         export_fn: Optional[Callable[..., Any]] = None,
         visit: int = 0,
+        max_disturbed: int = 3,
+        disturbed_backoff_s: float = 2.0,
     ) -> None:
         if not specs:
             raise ValueError("a campaign needs at least one spec")
@@ -213,6 +240,10 @@ class Campaign:
             raise ValueError(f"unknown runtime {settings.runtime!r}")
         if visit < 0:
             raise ValueError(f"visit must be >= 0, got {visit}")
+        if max_disturbed < 1:
+            raise ValueError(f"max_disturbed must be >= 1, got {max_disturbed}")
+        if not disturbed_backoff_s >= 0:
+            raise ValueError(f"disturbed_backoff_s must be >= 0, got {disturbed_backoff_s}")
         self.specs = {s.spec_id: s for s in specs}
         self.order = list(self.specs)
         self.devices = list(devices)
@@ -221,6 +252,11 @@ class Campaign:
         self.artifacts_dir = Path(artifacts_dir)
         self.connect = connect
         self.max_attempts = max_attempts
+        #: disturbed attempts per model and visit before it is left disturbed
+        self.max_disturbed = int(max_disturbed)
+        #: wait before the first re-measurement of a disturbed model (doubles with each attempt)
+        self.disturbed_backoff_s = float(disturbed_backoff_s)
+        self._disturbed: dict[tuple[str, str], int] = {}
         #: which repeated measurement of every model this campaign takes (0: the ordinary one;
         #: calibration measures in several passes, one campaign per visit)
         self.visit = int(visit)
@@ -249,6 +285,9 @@ class Campaign:
         for dev in self.devices:
             done = self.store.done_spec_ids(dev.name, s.runtime, s.threads, visit=self.visit, precision=s.precision)
             fails = self.store.failure_counts(dev.name, s.runtime, s.threads, precision=s.precision)
+            disturbed = self.store.disturbed_counts(
+                dev.name, s.runtime, s.threads, visit=self.visit, precision=s.precision
+            )
             rep = DeviceReport(dev.name)
             lst = []
             for sid in self.order:
@@ -256,8 +295,11 @@ class Campaign:
                     rep.skipped += 1
                 elif fails.get(sid, 0) >= self.max_attempts:
                     rep.gave_up += 1
+                elif disturbed.get(sid, 0) >= self.max_disturbed:
+                    rep.still_disturbed += 1
                 else:
                     lst.append(sid)
+                    self._disturbed[(dev.name, sid)] = disturbed.get(sid, 0)
             rep.planned = len(lst)
             self.result.devices[dev.name] = rep
             todo[dev.name] = lst
@@ -365,7 +407,9 @@ class Campaign:
 
     # ------------------------------------------------------------------ device worker
 
-    def _store(self, dev: Device, sid: str, request_id: str, response: dict[str, Any]) -> None:
+    def _store(self, dev: Device, sid: str, request_id: str, response: dict[str, Any]) -> Optional[float]:
+        """Store one response; for a ``disturbed`` one that may be measured again, return after how
+        many seconds (None otherwise)."""
         s = self.settings
         status = str(response.get("status") or "internal")
         res = response.get("result") or {}
@@ -399,9 +443,19 @@ class Campaign:
             precision=s.precision,
         )
         rep = self.result.devices[dev.name]
+        retry_in: Optional[float] = None
         with self._lock:
             if status == "ok":
                 rep.ok += 1
+            elif status == DISTURBED:
+                rep.disturbed += 1
+                if stored:
+                    n = self._disturbed.get((dev.name, sid), 0) + 1
+                    self._disturbed[(dev.name, sid)] = n
+                    if n < self.max_disturbed:
+                        retry_in = self.disturbed_backoff_s * 2 ** (n - 1)
+                    else:
+                        rep.still_disturbed += 1
             else:
                 rep.failed += 1
         row = {
@@ -411,6 +465,7 @@ class Campaign:
             "threads": s.threads,
             "precision": s.precision,
             "status": status,
+            "latency_ms": visit_latency_of(res) if isinstance(res, dict) and res else None,
             "latency_ms_median": res.get("latency_ms_median") if isinstance(res, dict) else None,
             "latency_ms_mean": res.get("latency_ms_mean") if isinstance(res, dict) else None,
             "latency_ms_p90": res.get("latency_ms_p90") if isinstance(res, dict) else None,
@@ -419,10 +474,13 @@ class Campaign:
             "request_id": request_id,
             "stored": stored,
         }
+        if retry_in is not None:
+            row["retry_in_s"] = retry_in
         with self._lock:
             self.result.rows.append(row)
         self.on_result(row)
-        self.on_progress(dev.name, "done")
+        self.on_progress(dev.name, "done" if retry_in is None else "disturbed")
+        return retry_in
 
     def _open(self, dev: Device, conn: Any) -> Any:
         """(Re)open the device connection with bounded exponential backoff."""
@@ -473,9 +531,14 @@ class Campaign:
 
                 return uploader.submit(job)
 
-            for k, sid in enumerate(todo):
+            queue = list(todo)
+            later: list[tuple[float, str]] = []  # (due time, spec id) of disturbed ones
+            while queue or later:
                 if self._stop.is_set():
                     break
+                sid = self._next(queue, later)
+                if sid is None:
+                    continue
                 art, err = self._artifacts.wait(sid, self._stop)
                 if self._stop.is_set() and art is None and err == "stopped":
                     break
@@ -487,9 +550,11 @@ class Campaign:
                         {"status": "export_failed", "error": err or "export failed"},
                     )
                     continue
-                conn = self._measure_one(
-                    dev, conn, sid, art, pending.pop(sid, None), upload, todo[k + 1 : k + 2], pending
+                conn, retry_in = self._measure_one(
+                    dev, conn, sid, art, pending.pop(sid, None), upload, queue[:1], pending
                 )
+                if retry_in is not None:
+                    later.append((time.monotonic() + retry_in, sid))
         except TransportError as e:
             rep.error = str(e)
             self.on_progress(dev.name, "error")
@@ -502,6 +567,21 @@ class Campaign:
                     pass
             rep.wall_s = time.perf_counter() - t0
 
+    def _next(self, queue: list[str], later: list[tuple[float, str]]) -> Optional[str]:
+        """The next model to measure: a disturbed one whose back-off is over, else the next in
+        the queue, else (only disturbed ones left) wait for the first of them (a short nap at a
+        time, so that a stop is seen); None after a nap."""
+        later.sort()
+        now = time.monotonic()
+        if later and (later[0][0] <= now or not queue):
+            due, sid = later[0]
+            if due > now:
+                self._stop.wait(min(due - now, 0.2))
+                return None
+            later.pop(0)
+            return sid
+        return queue.pop(0)
+
     def _measure_one(
         self,
         dev: Device,
@@ -512,7 +592,9 @@ class Campaign:
         upload: Callable[[str], Optional[Future]],
         nxt: list[str],
         pending: dict[str, Future],
-    ) -> Any:
+    ) -> tuple[Any, Optional[float]]:
+        """Measure one model (upload, request, store); returns the connection to go on with and,
+        for a disturbed result to be measured again, after how many seconds."""
         rep = self.result.devices[dev.name]
         s = self.settings
         attempts = 0
@@ -542,8 +624,7 @@ class Campaign:
                 if response.get("status") == "corrupt_artifact" and not verify and attempts < 3:
                     verify = True  # re-upload over the corrupt copy, then measure again
                     continue
-                self._store(dev, sid, rid, response)
-                return conn
+                return conn, self._store(dev, sid, rid, response)
             except ProtocolViolation:
                 raise  # the device is failed (its worker stops); the database keeps what was good
             except RequestTimeout as e:
@@ -556,7 +637,7 @@ class Campaign:
                 )
                 pending.clear()
                 rep.reconnects += 1
-                return self._open(dev, conn)
+                return self._open(dev, conn), None
             except TransportError as e:
                 if self._abort.is_set():
                     raise
@@ -569,13 +650,12 @@ class Campaign:
                     got = conn.results([lost_id]).get(lost_id)
                     if got:
                         check_measure_response(got, lost_id, dev.name)
-                        self._store(dev, sid, lost_id, got)
-                        return conn
+                        return conn, self._store(dev, sid, lost_id, got)
                 if attempts >= self.max_attempts + 1:
                     self._store(
                         dev, sid, f"lost-{uuid.uuid4().hex[:12]}", {"status": "connection_lost", "error": str(e)}
                     )
-                    return conn
+                    return conn, None
             except Exception as e:  # export file vanished, etc.: a failed result, not a dead campaign
                 self._store(
                     dev,
@@ -583,4 +663,4 @@ class Campaign:
                     f"err-{uuid.uuid4().hex[:12]}",
                     {"status": "internal", "error": f"{type(e).__name__}: {e}"},
                 )
-                return conn
+                return conn, None

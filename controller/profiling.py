@@ -141,13 +141,14 @@ def stored_rows(
 ) -> list[dict[str, Any]]:
     """The ``ok`` measurements stored in ``db_path`` for ``devices`` (names) with ``runtime``,
     ``threads`` and ``precision``, every visit, device by device in the database's order; only
-    ``spec_ids`` if given."""
+    ``spec_ids`` if given. Full rows: their ``summary`` holds the visit's ``latency_ms`` (see
+    ``nnflash_agent.stats``). Disturbed measurements are not ``ok`` and never among them."""
     store = ResultsDB(db_path, readonly=True)
     try:
         return [
             r
             for device in devices
-            for r in store.measurements(device=device, status="ok", precision=precision)
+            for r in store.measurements(device=device, status="ok", precision=precision, full=True)
             if r.get("runtime") == runtime
             and r.get("threads") == threads
             and (spec_ids is None or r.get("spec_id") in spec_ids)

@@ -11,19 +11,51 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nnflash.controller.store import ResultsDB
+from nnflash.controller.store import EXPORT_COLUMNS, ResultsDB
 from nnflash.models.metrics import compute_metrics
 from nnflash.models.spec import parse_spec
 from nnflash_agent.fileio import atomic_write_text
+from nnflash_agent.stats import model_latency_ms, visit_latency_of
+
+
+def disturbance_note(store: ResultsDB, spec_ids: Sequence[str] | None = None) -> str:
+    """One sentence: how many stored measurements were disturbed, and how many models have only
+    disturbed visits (no latency for them)."""
+    wanted = set(spec_ids) if spec_ids is not None else None
+    rows = [r for r in store.measurements() if wanted is None or r["spec_id"] in wanted]
+    disturbed = [r for r in rows if r["status"] == "disturbed"]
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["spec_id"], r["device"], r["runtime"], r.get("threads"), r.get("precision"), r.get("visit"))
+
+    ok = {key(r) for r in rows if r["status"] == "ok"}
+    left = {key(r) for r in disturbed} - ok
+    return (
+        f"{len(disturbed)} of {len(rows)} stored measurement(s) were disturbed (other processes competed "
+        f"for the CPUs, stolen time or throttling) and are left out; {len(left)} visit(s) of a model "
+        "have no undisturbed measurement."
+    )
 
 
 def collect(store: ResultsDB, spec_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per ok measurement (first visit only: calibration's repeated visits of a model
-    would count it several times), joined with the spec's analytic metrics."""
+    """One row per measured model (spec, device, runtime, threads, precision) with an undisturbed
+    (``ok``) visit, joined with the spec's analytic metrics. ``latency_ms`` is the model's latency
+    as ``nnflash_agent.stats.model_latency_ms`` defines it over all its ok visits (calibration
+    measures a model in several); ``visits`` counts them, and the mean and p90 are its first
+    visit's."""
     rows = []
     wanted = set(spec_ids) if spec_ids is not None else None
     metrics_cache: dict[str, dict[str, Any]] = {}
-    for m in store.export_rows(status="ok", visit=0):
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for m in store.measurements(status="ok", full=True):
+        key = (m["spec_id"], m["device"], m["runtime"], m.get("threads"), m.get("precision"))
+        groups.setdefault(key, []).append(m)
+    for visits in groups.values():
+        lats = [x for x in (visit_latency_of(v) for v in visits) if x is not None]
+        if not lats:
+            continue
+        m = {k: visits[0].get(k) for k in EXPORT_COLUMNS}
+        m.update(latency_ms=model_latency_ms(lats), visits=len(lats))
         sid = m["spec_id"]
         if wanted is not None and sid not in wanted:
             continue
@@ -52,13 +84,13 @@ def _plot(rows: list[dict[str, Any]], x_key: str, x_label: str, log_x: bool = Fa
     for label, rs in sorted(groups.items()):
         ax.scatter(
             [r[x_key] for r in rs if r.get(x_key) is not None],
-            [r["latency_ms_median"] for r in rs if r.get(x_key) is not None],
+            [r["latency_ms"] for r in rs if r.get(x_key) is not None],
             s=18,
             alpha=0.8,
             label=label,
         )
     ax.set_xlabel(x_label)
-    ax.set_ylabel("median latency (ms)")
+    ax.set_ylabel("latency (ms)")
     if log_x:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
@@ -90,7 +122,8 @@ def write_report(
         "img{max-width:32%;margin-right:1%}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p>Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
-        f"<code>{esc(str(store.path))}</code>: {len(rows)} successful measurement(s).</p>",
+        f"<code>{esc(str(store.path))}</code>: {len(rows)} model(s) with an undisturbed measurement. "
+        f"{esc(disturbance_note(store, spec_ids))}</p>",
     ]
     for n in notes:
         parts.append(f"<p>{esc(n)}</p>")
@@ -122,13 +155,13 @@ def write_report(
         parts.append(
             f"<h2>Device {esc(dev)}</h2><p>{esc(desc)}</p><table><tr>"
             "<th class='l'>spec</th><th>runtime</th><th>threads</th><th>NN-Mass</th><th>NN-Degree</th>"
-            "<th>params</th><th>MACs</th><th>median ms</th><th>mean ms</th><th>p90 ms</th></tr>"
+            "<th>params</th><th>MACs</th><th>latency ms</th><th>visits</th><th>mean ms</th><th>p90 ms</th></tr>"
         )
-        for r in sorted(rs, key=lambda r: (r["nn_mass"] or 0, r["latency_ms_median"])):
+        for r in sorted(rs, key=lambda r: (r["nn_mass"] or 0, r["latency_ms"])):
             parts.append(
                 f"<tr><td class='l'><code>{esc(r['spec_id'])}</code></td><td>{esc(str(r['runtime']))}</td>"
                 f"<td>{esc(str(r.get('threads') or '-'))}</td><td>{r['nn_mass']:.1f}</td><td>{r['nn_degree']:.1f}</td>"
-                f"<td>{r['params']:,}</td><td>{r['macs']:,}</td><td>{r['latency_ms_median']:.3f}</td>"
+                f"<td>{r['params']:,}</td><td>{r['macs']:,}</td><td>{r['latency_ms']:.3f}</td><td>{r['visits']}</td>"
                 f"<td>{r['latency_ms_mean']:.3f}</td><td>{r['latency_ms_p90']:.3f}</td></tr>"
             )
         parts.append("</table>")

@@ -741,11 +741,13 @@ class ResultsDB:
     def failure_count(
         self, spec_id: str, device: str, runtime: str, threads: Optional[int], *, precision: str = "fp32"
     ) -> int:
-        """Number of stored failed (status != 'ok') attempts for this key, over all visits (a model
-        that keeps failing is given up whichever pass it fails in)."""
+        """Number of stored failed attempts (status neither 'ok' nor 'disturbed') for this key, over
+        all visits (a model that keeps failing is given up whichever pass it fails in). Disturbed
+        measurements are counted apart (:meth:`disturbed_counts`): the model was fine, the device
+        was busy."""
         rows = self._query(
             "SELECT count(*) FROM measurements WHERE spec_id = ? AND device = ? AND runtime = ?"
-            " AND threads IS ? AND precision = ? AND status != 'ok'",
+            " AND threads IS ? AND precision = ? AND status NOT IN ('ok', 'disturbed')",
             (spec_id, device, runtime, threads, precision),
         )
         return int(rows[0][0])
@@ -754,13 +756,33 @@ class ResultsDB:
         self, device: str, runtime: str, threads: Optional[int], *, precision: str = "fp32"
     ) -> Dict[str, int]:
         """``{spec_id: failed attempts}`` on this (device, runtime, threads, precision), over all
-        visits."""
+        visits (``disturbed`` ones not included, see :meth:`failure_count`)."""
         rows = self._query(
             "SELECT spec_id, count(*) FROM measurements WHERE device = ? AND runtime = ?"
-            " AND threads IS ? AND precision = ? AND status != 'ok' GROUP BY spec_id",
+            " AND threads IS ? AND precision = ? AND status NOT IN ('ok', 'disturbed') GROUP BY spec_id",
             (device, runtime, threads, precision),
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    def disturbed_counts(
+        self, device: str, runtime: str, threads: Optional[int], *, visit: int = 0, precision: str = "fp32"
+    ) -> Dict[str, int]:
+        """``{spec_id: disturbed measurements}`` on this (device, runtime, threads, precision, visit)
+        (the campaign measures a disturbed model again, up to a limit per visit)."""
+        rows = self._query(
+            "SELECT spec_id, count(*) FROM measurements WHERE device = ? AND runtime = ?"
+            " AND threads IS ? AND precision = ? AND visit = ? AND status = 'disturbed' GROUP BY spec_id",
+            (device, runtime, threads, precision, int(visit)),
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    def status_counts(self, **filters: Any) -> Dict[str, int]:
+        """``{status: measurements}`` over the rows :meth:`measurements` would return for
+        ``filters`` (how many were ok, disturbed, failed ...)."""
+        out: Dict[str, int] = {}
+        for row in self.measurements(**filters):
+            out[row["status"]] = out.get(row["status"], 0) + 1
+        return out
 
     def get_measurement(self, request_id: str) -> Optional[Dict[str, Any]]:
         rows = self._query("SELECT * FROM measurements WHERE request_id = ?", (request_id,))

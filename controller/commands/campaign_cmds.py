@@ -240,7 +240,11 @@ def profile_cmd(
 @click.option("--device", default=None, help="Only this device.")
 @click.option("--status", default=None, help="Only this status (ok, timeout, ...).")
 def results_cmd(db_path: str, as_json: bool, as_csv: bool, device: Optional[str], status: Optional[str]) -> None:
-    """Export measurements from the results database."""
+    """Export measurements from the results database.
+
+    The table ends with how many measurements had each status; ``disturbed`` ones (other
+    processes competed for the device's CPUs, stolen time, throttling) are stored with their
+    figures but never used as a latency. With --json or --csv that line goes to stderr."""
     if as_json and as_csv:
         raise ConfigError("choose one of --json and --csv")
     if not Path(db_path).exists():
@@ -251,12 +255,19 @@ def results_cmd(db_path: str, as_json: bool, as_csv: bool, device: Optional[str]
         rows = store.export_rows(**filters)
     finally:
         store.close()
+    counts: dict[str, int] = {"ok": 0, "disturbed": 0}
+    for r in rows:
+        counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
+    order = sorted(counts, key=lambda st: (st != "ok", st != "disturbed", st))
+    tally_line = f"{len(rows)} measurement(s): " + ", ".join(f"{counts[st]} {st}" for st in order)
     if as_csv:
         click.echo(rows_to_csv_text(rows), nl=False)
+        click.echo(tally_line, err=True)
         return
     if as_json:
         for r in rows:
             emit_json(r)
+        click.echo(tally_line, err=True)
         return
     t = Table(title=f"{len(rows)} measurement(s) in {db_path}")
     for col in ("spec_id", "device", "runtime", "threads", "precision", "status", "median ms", "p90 ms", "energy mJ"):
@@ -278,6 +289,7 @@ def results_cmd(db_path: str, as_json: bool, as_csv: bool, device: Optional[str]
             f(r.get("energy_mj")),
         )
     Console().print(t)
+    click.echo(tally_line)
 
 
 def register(cli: click.Group) -> None:

@@ -62,8 +62,9 @@ class ProgressView(CampaignObserver):
             if self.as_json:
                 emit_json({k: v for k, v in row.items() if k != "stored"})
             if row["status"] != "ok":
+                again = f" (measured again in {row['retry_in_s']:g} s)" if row.get("retry_in_s") is not None else ""
                 self.console.print(
-                    f"[yellow]{row['device']}: {row['spec_id']} {row['status']}:[/] {row.get('error') or ''}"
+                    f"[yellow]{row['device']}: {row['spec_id']} {row['status']}{again}:[/] {row.get('error') or ''}"
                 )
 
     def event(self, device: str, event: str) -> None:
@@ -91,7 +92,8 @@ class ProgressView(CampaignObserver):
 def print_summary(result: CampaignResult, console: Console) -> None:
     """Per-device counts of one campaign, its devices' errors, and the fastest models it measured."""
     t = Table(title=f"campaign {result.campaign_id}" + (" (interrupted)" if result.interrupted else ""))
-    for col in ("device", "planned", "ok", "failed", "already done", "gave up", "reconnects", "busy", "wall"):
+    cols = ("device", "planned", "ok", "failed", "disturbed", "still disturbed", "already done", "gave up")
+    for col in cols + ("reconnects", "busy", "wall"):
         t.add_column(col, justify="right" if col != "device" else "left")
     for r in result.devices.values():
         busy = f"{100 * r.busy_s / r.wall_s:.0f}%" if r.wall_s > 0 else "-"
@@ -100,6 +102,8 @@ def print_summary(result: CampaignResult, console: Console) -> None:
             str(r.planned),
             str(r.ok),
             str(r.failed),
+            str(r.disturbed),
+            str(r.still_disturbed),
             str(r.skipped),
             str(r.gave_up),
             str(r.reconnects),
@@ -110,16 +114,16 @@ def print_summary(result: CampaignResult, console: Console) -> None:
     for r in result.devices.values():
         if r.error:
             console.print(f"[red]{r.device}: {r.error}[/]")
-    oks = [row for row in result.rows if row["status"] == "ok"]
+    oks = [row for row in result.rows if row["status"] == "ok" and row.get("latency_ms") is not None]
     if oks:
-        lt = Table(title="latency (this run)")
-        for col in ("spec", "device", "median ms", "mean ms", "p90 ms"):
+        lt = Table(title="latency (this run; median of the undisturbed repeats)")
+        for col in ("spec", "device", "latency ms", "mean ms", "p90 ms"):
             lt.add_column(col, justify="right" if "ms" in col else "left")
-        for row in sorted(oks, key=lambda r: r["latency_ms_median"])[:30]:
+        for row in sorted(oks, key=lambda r: r["latency_ms"])[:30]:
             lt.add_row(
                 row["spec_id"],
                 row["device"],
-                f"{row['latency_ms_median']:.3f}",
+                f"{row['latency_ms']:.3f}",
                 f"{row['latency_ms_mean']:.3f}",
                 f"{row['latency_ms_p90']:.3f}",
             )

@@ -67,7 +67,7 @@ def test_calibrate_measures_in_passes_resumes_and_predicts(tmp_path: Path) -> No
     assert meta["device"] == "local" and meta["threads"] == 1 and meta["runtime"] == "onnxruntime"
     assert meta["measurement"] == {"passes": 2, "repeat": 3, "min_repeat_ms": 5.0}
     assert sorted(meta["training_spec_ids"]) == sorted(visits)
-    # every model's least disturbed visit (what the fit uses)
+    # every stored ok visit has a latency (the fit uses the median of a model's ok visits)
     con = sqlite3.connect(tmp_path / "n.db")
     lows = dict(
         con.execute(

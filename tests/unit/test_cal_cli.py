@@ -108,7 +108,7 @@ def test_calibrate_profiles_fits_and_reports(tmp_path, monkeypatch) -> None:
     assert res.exit_code == 0, res.output
     assert sum(fake.calls) == 12 and len(fake.calls) == 3
     assert "RMSPE" in res.output and "Spearman" in res.output
-    assert "in 5 passes, each model's least disturbed one kept" in res.output
+    assert "in 5 passes, the median of the undisturbed ones" in res.output
     model = load_model(out)
     assert model.metadata_["device"] == "local" and model.metadata_["threads"] == 1
     assert model.metadata_["cv"]["n"] == 9  # 12 profiled, one failure per round
@@ -219,7 +219,7 @@ def test_calibrate_too_few(tmp_path) -> None:
     assert res.exit_code == 2 and "too few measurements" in res.output
 
 
-def test_usable_rows_takes_the_least_disturbed_visit() -> None:
+def test_usable_rows_takes_the_median_of_the_undisturbed_visits() -> None:
     from nnflash.calibration.workflow import usable_rows
 
     a, b, c = SPECS[:3]
@@ -229,15 +229,20 @@ def test_usable_rows_takes_the_least_disturbed_visit() -> None:
         {"spec_id": a.spec_id, "status": "ok", "latency_ms_median": 1.5, "energy_mj": None},
         {"spec_id": c.spec_id, "status": "ok", "latency_ms_median": 4.0, "energy_mj": 8.0},
         {"spec_id": a.spec_id, "status": "ok", "latency_ms_median": 1.8, "energy_mj": 5.0},
+        {"spec_id": a.spec_id, "status": "disturbed", "latency_ms_median": 9.0, "energy_mj": 50.0},
+        {"spec_id": b.spec_id, "status": "disturbed", "latency_ms": 7.0},
         {"spec_id": "unknown", "status": "ok", "latency_ms_median": 1.0},
     ]
     specs, lat, energy, skipped = usable_rows({s.spec_id: s for s in (a, b, c)}, rows)
     assert [s.spec_id for s in specs] == [a.spec_id, c.spec_id]
-    assert list(lat) == [1.5, 4.0]  # the minimum of a's three visits
+    assert list(lat) == [1.8, 4.0]  # the median of a's three ok visits; the disturbed one left out
     assert energy is not None and list(energy) == [4.0, 8.0]  # median of the visits that have one
-    assert skipped == sorted([b.spec_id, "unknown"])
+    assert skipped == sorted([b.spec_id, "unknown"])  # b: only a failure and a disturbed visit
     _, _, energy, _ = usable_rows({a.spec_id: a}, rows[2:3])
     assert energy is None  # a model with no energy at all: no energy model
+    # a visit's latency is its latency_ms (the undisturbed repeats' median) where the row has one
+    rows2 = [{"spec_id": c.spec_id, "status": "ok", "latency_ms_median": 4.0, "summary": {"latency_ms": 3.5}}]
+    assert list(usable_rows({c.spec_id: c}, rows2)[1]) == [3.5]
 
 
 def test_calibrate_passes_and_counting_reach_the_profiler(tmp_path, monkeypatch) -> None:
