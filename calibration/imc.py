@@ -131,6 +131,10 @@ _ADC_AREA_BITS = np.array([4.0, 6.0, 8.0])
 _ADC_AREA_UM2 = np.log(np.array([361.0, 627.0, 1200.0]))
 
 
+#: Configurations per chunk in :func:`estimate`.
+_CHUNK = 2048
+
+
 def default_params() -> dict[str, Any]:
     return {k: p.default for k, p in PARAMS.items()}
 
@@ -169,7 +173,7 @@ def check_param(key: str, value: Any) -> Any:
         what = "an integer " if p.integer else "a number "
         rule = f"{what}in [{_fmt(p.low)}, {_fmt(p.high)}]" + (", a power of two" if p.power_of_two else "")
         raise CostModelError(f"imc: {key} must be {rule}, got {_fmt(float(v))}")
-    return value
+    return arr if arr.ndim == 1 else value
 
 
 def _col(x: Any, n: int) -> np.ndarray:
@@ -218,6 +222,13 @@ def estimate(net: LayerArrays, params: Mapping[str, Any] | None = None, *, per_l
     ``tiles``...); with ``per_layer`` also ``(n, L)`` arrays ``layer_*`` (padding layers are 0)."""
     p = resolve(params or {})
     n = net.n
+    if n > _CHUNK:  # chunks whose arrays stay in the CPU caches: about twice as fast
+        parts = []
+        for lo in range(0, n, _CHUNK):
+            rows = slice(lo, min(n, lo + _CHUNK))
+            sub = {k: (v[rows] if isinstance(v, np.ndarray) and v.ndim == 1 else v) for k, v in p.items()}
+            parts.append(estimate(net.take(rows), sub, per_layer=per_layer))
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     V = net.valid
     Vf = V.astype(np.float64)
 

@@ -18,6 +18,7 @@ total latency ``y``. :meth:`ImcModel.shipped` is the model with the shipped cons
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from nnflash.calibration.base import CostModel, code_version, register_cost_model
 from nnflash.calibration.errors import CostModelError
 from nnflash.calibration.features import LayerRecord, as_layer_tables
-from nnflash.calibration.imc import CALIBRATED, PARAMS, check_param, estimate, resolve
+from nnflash.calibration.imc import CALIBRATED, KNOBS, PARAMS, check_param, estimate, knob_grid, resolve
 from nnflash.calibration.imc_arrays import LayerArrays, layer_rows
 
 #: DNN+NeuroSim V1.3's default run (user manual): VGG-8 on CIFAR-10, 8-bit weights and activations,
@@ -233,3 +234,101 @@ class ImcModel(CostModel):
         if not isinstance(const, Mapping) or set(const) != set(CALIBRATED):
             raise CostModelError(f"imc: state must give the constants {', '.join(CALIBRATED)}")
         self.constants_ = {k: float(check_param(k, float(const[k]))) for k in CALIBRATED}
+
+
+# ------------------------------------------------------------------------------ accelerator files
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """An accelerator description (``ACCEL.json``): fixed parameters and the knob ranges a
+    co-design search varies. ``{"params": {"tech_nm": 22, ...}, "knobs": {"adc_bits": [4, 5]}}``;
+    both parts are optional, missing knobs are fixed at their parameter's value."""
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    knobs: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def knob_arrays(self) -> dict[str, np.ndarray]:
+        """Every combination of the knob values (:func:`nnflash.calibration.imc.knob_grid`)."""
+        return knob_grid(**self.knobs) if self.knobs else {}
+
+
+def parse_accelerator(obj: Any, source: str = "accelerator") -> AcceleratorConfig:
+    """Validate an accelerator description (a parsed JSON object); errors name the field."""
+    if not isinstance(obj, Mapping):
+        raise CostModelError(f"{source}: must be a JSON object with params and/or knobs")
+    extra = sorted(set(obj) - {"params", "knobs"})
+    if extra:
+        raise CostModelError(f"{source}: {extra[0]}: unknown field (allowed: knobs, params)")
+    params = obj.get("params", {})
+    knobs = obj.get("knobs", {})
+    if not isinstance(params, Mapping) or not isinstance(knobs, Mapping):
+        raise CostModelError(f"{source}: params and knobs must be JSON objects")
+    try:
+        resolve(params)
+        for key, values in knobs.items():
+            if key not in KNOBS:
+                raise CostModelError(f"knobs.{key}: not a searchable knob (knobs: {', '.join(KNOBS)})")
+            if not isinstance(values, list) or not values or any(isinstance(v, bool) for v in values):
+                raise CostModelError(f"knobs.{key}: must be a non-empty list of numbers, got {values!r}")
+            check_param(key, np.asarray(values, dtype=np.float64))
+    except CostModelError as e:
+        raise CostModelError(f"{source}: {str(e).removeprefix('imc: ')}") from None
+    return AcceleratorConfig(dict(params), {k: tuple(v) for k, v in knobs.items()})
+
+
+def estimate_report(spec: Any, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One spec on one accelerator as a JSON-ready dict (``nnflash accel estimate --json``):
+    totals, the per-component breakdown, the chip's organisation and one row per weight layer."""
+    model = ImcModel.shipped(params)
+    r = {k: v[0] for k, v in model.estimate([spec], per_layer=True).items()}
+    hw = model.hardware()
+    n_layers = int(np.count_nonzero(r["layer_vectors"]))
+    tables = as_layer_tables([spec])
+    names = [x.name for x in tables[0] if x.kind in ("conv", "pointwise", "depthwise", "linear")]
+    layers = []
+    for i in range(n_layers):
+        layers.append(
+            {
+                "name": names[i] if i < len(names) else f"layer{i}",
+                "mapping": "novel" if r["layer_novel"][i] else "conventional",
+                "tiles": int(r["layer_tiles"][i]),
+                "crossbars": int(r["layer_crossbars"][i]),
+                "speedup": int(r["layer_speedup"][i]),
+                "utilization": float(r["layer_utilization"][i]),
+                "vectors": int(r["layer_vectors"][i]),
+                "latency_ms": float(r["layer_latency_ms"][i]),
+            }
+        )
+
+    def pick(prefix: str, unit: str) -> dict[str, float]:
+        return {
+            k[len(prefix) : -len(unit)]: float(v)
+            for k, v in r.items()
+            if k.startswith(prefix) and k.endswith(unit) and k != f"{prefix[:-1]}{unit}"
+        }
+
+    return {
+        "spec_id": getattr(spec, "spec_id", None),
+        "area_mm2": float(r["area_mm2"]),
+        "latency_ms": float(r["latency_ms"]),
+        "energy_mj": float(r["energy_mj"]),
+        "leakage_mj": float(r["energy_leakage_mj"]),
+        "period_ms": float(r["period_ms"]),
+        "fps": float(r["fps"]),
+        "tops_per_w": float(r["tops_per_w"]),
+        "tiles": [x["tiles"] for x in layers],
+        "total_tiles": int(r["tiles"]),
+        "pes": int(r["pes"]),
+        "subarrays": int(r["subarrays"]),
+        "adcs": int(r["adcs"]),
+        "utilization": float(r["utilization"]),
+        "breakdown": {
+            "area_mm2": pick("area_", "_mm2"),
+            "energy_mj": {k: v for k, v in pick("energy_", "_mj").items() if k != "leakage"},
+            "latency_ms": pick("latency_", "_ms"),
+        },
+        "layers": layers,
+        "mode": hw["mode"],
+        "params": {k: (v if isinstance(v, str) else float(v)) for k, v in hw.items()},
+    }

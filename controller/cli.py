@@ -65,6 +65,7 @@ def _register() -> None:
     except ImportError:
         return
     calibration_cmds.register(cli)
+    importlib.import_module("nnflash.controller.commands.accel_cmds").register(cli)
 
 
 _register()
