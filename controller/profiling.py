@@ -95,13 +95,14 @@ def run_campaign(
     visit: int = 0,
     observer: Optional[CampaignObserver] = None,
     handle_sigint: bool = True,
+    max_disturbed: int = 3,
 ) -> CampaignResult:
     """Run one campaign over ``specs`` on ``devices`` and return its result.
 
     Opens the results database at ``db_path`` for the campaign and closes it after; exported
     files are cached under ``artifacts_dir``. ``connect(device)`` makes a connection (default:
     :func:`~nnflash.controller.transport.make_connection` with its default options).
-    ``max_attempts``, ``args`` (recorded with the campaign) and ``visit`` are passed to
+    ``max_attempts``, ``max_disturbed``, ``args`` (recorded with the campaign) and ``visit`` are passed to
     :class:`~nnflash.controller.campaign.Campaign`. With ``handle_sigint`` (default), Ctrl-C stops
     the campaign cleanly (see the module docstring) instead of raising ``KeyboardInterrupt``.
     """
@@ -122,6 +123,7 @@ def run_campaign(
                 on_progress=obs.event,
                 args=args,
                 visit=visit,
+                max_disturbed=max_disturbed,
             )
             with _sigint_stops(camp, obs) if handle_sigint else nullcontext():
                 return camp.run()

@@ -16,14 +16,17 @@ from nnflash.controller.campaign import MeasureSettings
 from nnflash.controller.commands.campaign_view import ProgressView, print_summary, progress_bars
 from nnflash.controller.commands.common import (
     artifacts_dir_for,
+    check_disturbed_share,
     check_precision,
     connection_options,
     counting_options,
     db_option,
     devices_from,
+    disturbance_options,
     emit_json,
     inventory_option,
     load_inventory,
+    parse_affinity,
     precision_option,
 )
 from nnflash.controller.errors import ConfigError
@@ -140,8 +143,11 @@ def _settings(
     timeout_s: float,
     energy: str,
     precision: str = "fp32",
+    affinity: Optional[str] = None,
+    disturbed_share: float = OPTION_DEFAULTS["disturbed_share_max"],
 ) -> MeasureSettings:
     check_precision(runtime, precision)
+    check_disturbed_share(disturbed_share)
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads: must be a positive integer, got {threads}")
     if repeat < 1:
@@ -156,6 +162,8 @@ def _settings(
         timeout_s=timeout_s,
         energy=energy,
         precision=precision,
+        affinity=parse_affinity(affinity),
+        disturbed_share_max=disturbed_share,
     )
 
 
@@ -188,6 +196,14 @@ def _settings(
     show_default=True,
     help="Give up on a model after this many failed measurements.",
 )
+@disturbance_options
+@click.option(
+    "--max-disturbed",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Measure a disturbed model again (later, after a back-off) until this many attempts were disturbed.",
+)
 @db_option
 @inventory_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per measurement on stdout.")
@@ -202,6 +218,9 @@ def profile_cmd(
     energy: str,
     timeout_s: float,
     max_attempts: int,
+    affinity: Optional[str],
+    disturbed_share: float,
+    max_disturbed: int,
     db_path: str,
     inventory_path: Optional[str],
     as_json: bool,
@@ -209,9 +228,15 @@ def profile_cmd(
     """Export (cached), ship and measure specs on devices; every result is stored as it arrives.
 
     Resumable: a rerun skips what was measured ok and retries failures up to --max-attempts.
+    A measurement the agent found disturbed (other processes competed for the CPUs, stolen time,
+    throttling) is stored as such and measured again later, up to --max-disturbed times.
     Ctrl-C stops cleanly (measurements in flight are finished and stored).
     """
-    settings = _settings(runtime, threads, repeat, min_repeat_ms, timeout_s, energy, precision)
+    if max_disturbed < 1:
+        raise ConfigError(f"--max-disturbed: must be a positive integer, got {max_disturbed}")
+    settings = _settings(
+        runtime, threads, repeat, min_repeat_ms, timeout_s, energy, precision, affinity, disturbed_share
+    )
     specs = load_specs_jsonl(specs_file)
     devices = devices_from(load_inventory(inventory_path), device_names)
     console = Console(stderr=True)
@@ -223,6 +248,7 @@ def profile_cmd(
         artifacts_dir_for(db_path),
         connect=functools.partial(make_connection, **connection_options()),
         max_attempts=max_attempts,
+        max_disturbed=max_disturbed,
         args={"command": "profile", "specs_file": str(Path(specs_file).resolve())},
         observer=ProgressView(console, as_json=as_json),
     )

@@ -13,6 +13,7 @@ from nnflash.controller.campaign import PRECISIONS
 from nnflash.controller.errors import ConfigError
 from nnflash.controller.inventory import Device, Inventory, default_ssh_config_path, resolve_inventory_path
 from nnflash.controller.store import DEFAULT_DB_NAME
+from nnflash_agent.measure import OPTION_DEFAULTS
 
 
 def inventory_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -99,3 +100,39 @@ def check_precision(runtime: str, precision: str) -> None:
     """A one-line error for a precision the runtime cannot run (int8 is TFLite's quantized export)."""
     if precision != "fp32" and runtime != "tflite":
         raise ConfigError(f"--precision {precision}: needs --runtime tflite (got {runtime})")
+
+
+def disturbance_options(f: Any) -> Any:
+    """``--affinity`` and ``--disturbed-share``: where the measurement runs, and the agent's gate."""
+    f = click.option(
+        "--disturbed-share",
+        type=float,
+        default=OPTION_DEFAULTS["disturbed_share_max"],
+        show_default=True,
+        help="A measurement is stored as disturbed (and measured again later) when more than this share of "
+        "its repeats waited for a CPU; 1 keeps only throttling and stolen time as reasons.",
+    )(f)
+    return click.option(
+        "--affinity",
+        default=None,
+        metavar="CPUS",
+        help="Pin the measuring process to these CPU ids on the device (comma-separated, e.g. 3 or 2,3).",
+    )(f)
+
+
+def parse_affinity(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """``"2,3"`` -> ``(2, 3)``; None stays None; anything else is a one-line error."""
+    if text is None:
+        return None
+    try:
+        cpus = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--affinity: expected comma-separated CPU ids, got {text!r}") from None
+    if not cpus or any(c < 0 for c in cpus):
+        raise ConfigError(f"--affinity: CPU ids must be non-negative integers, got {text!r}")
+    return cpus
+
+
+def check_disturbed_share(value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--disturbed-share: must be between 0 and 1, got {value}")

@@ -159,3 +159,20 @@ def test_results_shows_how_many_were_disturbed(tmp_path: Path) -> None:
     rows = [json.loads(x) for x in res.stdout.splitlines()]
     assert [r["status"] for r in rows].count("disturbed") == 1
     assert "3 ok, 1 disturbed" in res.stderr
+
+
+def test_profile_gate_options_are_checked(tmp_path: Path) -> None:
+    from nnflash.controller.commands.common import parse_affinity
+
+    assert parse_affinity("2,3") == (2, 3) and parse_affinity(None) is None
+    specs = tmp_path / "s.jsonl"
+    specs.write_text(SPECS[0].canonical_json() + "\n")
+    for bad, words in (
+        (["--affinity", "one"], "--affinity: expected comma-separated CPU ids"),
+        (["--affinity", "-1"], "--affinity: CPU ids must be non-negative"),
+        (["--disturbed-share", "1.5"], "--disturbed-share: must be between 0 and 1"),
+        (["--max-disturbed", "0"], "--max-disturbed: must be a positive integer"),
+    ):
+        res = CliRunner().invoke(cli, ["profile", str(specs), "--db", str(tmp_path / "n.db"), *bad])
+        assert res.exit_code == 2 and words in res.output, res.output
+        assert not (tmp_path / "n.db").exists()
