@@ -149,3 +149,77 @@ def _plain_rows(layers: list[dict[str, Any]], c: int = 3, h: int = 32, classes: 
     cin = c * h * h
     rows.append((cin, classes, 1, 1, 1, cin, classes, cin * classes))
     return rows
+
+
+def dense_layer_arrays(
+    depth: Any,
+    width: Any,
+    tc: Any,
+    *,
+    conv: str = "regular",
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    num_classes: int = 10,
+) -> LayerArrays:
+    """The weight layers of dense-family networks straight from ``(n, cells)`` arrays of
+    ``depth``, ``width`` and ``tc`` (what a search samples), without building specs: the valid
+    layers of row ``i`` equal ``from_specs`` of that spec, in order (slots of layers deeper than a
+    row's cell are padding). Square inputs only."""
+    from nnflash.models.metrics import conv_out
+
+    d = np.atleast_2d(np.asarray(depth, dtype=np.int64))
+    w = np.atleast_2d(np.asarray(width, dtype=np.int64))
+    t = np.atleast_2d(np.asarray(tc, dtype=np.int64))
+    n, cells = d.shape
+    c_img, h, w_img = input_shape
+    if h != w_img:
+        raise CostModelError("imc: dense_layer_arrays needs a square input")
+    if conv not in ("regular", "depthwise"):
+        raise CostModelError(f"imc: conv must be regular or depthwise, got {conv!r}")
+    slots: list[list[np.ndarray]] = []  # per layer slot: valid, cin, cout, k, ifm, nvec, in, out, macs
+
+    def add(valid: np.ndarray, cin: Any, cout: Any, k: int, h_in: int, stride: int, depthwise: bool = False) -> int:
+        h_out = int(conv_out(h_in, k, stride, k // 2))
+        nv = max(1, -(-(h_in - k + 1) // stride)) ** 2
+        ci = np.broadcast_to(np.asarray(cin, dtype=np.float64), (n,))
+        co = np.broadcast_to(np.asarray(cout, dtype=np.float64), (n,))
+        macs = co * (1.0 if depthwise else ci) * k * k * h_out * h_out
+        full = np.full
+        slots.append(
+            [
+                valid,
+                ci,
+                co,
+                full(n, float(k)),
+                full(n, float(h_in)),
+                full(n, float(nv)),
+                ci * h_in**2,
+                co * h_out**2,
+                macs,
+            ]
+        )
+        return h_out
+
+    cin: np.ndarray = np.full(n, c_img, dtype=np.int64)
+    for c in range(cells):
+        wc, dc, tcc = w[:, c], d[:, c], t[:, c]
+        for i in range(int(d[:, c].max())):
+            valid = i < dc
+            stride = 2 if (c > 0 and i == 0) else 1
+            if i == 0:
+                in_ch = cin
+            elif i == 1:
+                in_ch = wc
+            else:
+                in_ch = wc + np.minimum(tcc, wc * (i - 1))
+            if conv == "regular":
+                h_out = add(valid, in_ch, wc, 3, h, stride)
+            else:
+                add(valid, in_ch, wc, 1, h, 1)
+                h_out = add(valid, wc, wc, 3, h, stride, depthwise=True)
+                add(valid, wc, wc, 1, h_out, 1)
+            h = h_out
+        cin = wc
+    add(np.ones(n, dtype=bool), cin, num_classes, 1, 1, 1)
+    arr = [np.stack(x, axis=1) for x in zip(*slots)]
+    valid_all = arr[0].astype(bool)
+    return LayerArrays(valid_all, *[np.where(valid_all, a, 0.0) for a in arr[1:]])

@@ -162,3 +162,23 @@ def test_bad_parameters_are_one_line_errors(key: str, value: object, message: st
 def test_cell_bits_above_weight_bits_is_refused() -> None:
     with pytest.raises(CostModelError, match="cell_bits must not exceed weight_bits"):
         estimate(LayerArrays.from_specs([VGG8]), {"cell_bits": 8, "weight_bits": 4})
+
+
+@pytest.mark.parametrize("conv", ["regular", "depthwise"])
+def test_dense_arrays_from_search_configurations_equal_the_specs(conv: str) -> None:
+    from nnflash.calibration.imc_arrays import dense_layer_arrays
+    from nnflash.models.space import get_space
+
+    specs = get_space("flash").sample(12, seed=4)
+    d, w, t = (np.array([[getattr(c, f) for c in s.cells] for s in specs]) for f in ("depth", "width", "tc"))
+    spec_objs = [parse_spec({**s.to_dict(), "conv": conv, "skips": None}) for s in specs]
+    direct = dense_layer_arrays(d, w, t, conv=conv, input_shape=specs[0].input_shape, num_classes=specs[0].num_classes)
+    via = LayerArrays.from_specs(spec_objs)
+    for i in range(len(specs)):
+        for name in ("cin", "cout", "kernel", "ifm", "nvec", "in_elems", "out_elems", "macs"):
+            a, b = getattr(direct, name)[i], getattr(via, name)[i]
+            assert np.array_equal(a[direct.valid[i]], b[via.valid[i]]), (i, name)
+    for mode in ("layer", "pipeline"):
+        x, y = estimate(direct, {"mode": mode}), estimate(via, {"mode": mode})
+        for key in ("area_mm2", "energy_mj", "latency_ms", "tiles"):
+            assert x[key] == pytest.approx(y[key], rel=1e-12), (mode, key)
