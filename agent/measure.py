@@ -233,7 +233,7 @@ def run_measurement(
     from nnflash_agent.energy import MeterError, make_meter
     from nnflash_agent.protocol import RUNTIME_ERROR, RUNTIME_UNAVAILABLE
     from nnflash_agent.runners import RuntimeUnavailable, make_runner
-    from nnflash_agent.stats import summarize, visit_latency_ms
+    from nnflash_agent.stats import summarize, visit_latency_ms, visit_spread
     from nnflash_agent.telemetry import Telemetry, compare_states
 
     tel = telemetry if telemetry is not None else Telemetry()
@@ -372,6 +372,7 @@ def run_measurement(
     disturbance = watch.record(durations_ns)
     disturbance["visit"] = cpu_window
     disturbance["reason"] = disturbed_reason(disturbance, flags, opts)
+    disturbance["spread"] = visit_spread(samples_ms, disturbance["repeat_disturbed"])
 
     record: Dict[str, Any] = {}
     record.update(summarize(samples_ms))

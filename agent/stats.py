@@ -8,7 +8,12 @@
   repeat is disturbed when its threads waited for a CPU, see ``nnflash_agent.disturbance``); the
   agent reports it as ``latency_ms``;
 - a *model* has the latency :func:`model_latency_ms`: the median of the visit latencies of its
-  undisturbed visits (status ``ok``; a ``disturbed`` visit never counts). One visit (``nnflash
+  undisturbed visits (status ``ok``; a ``disturbed`` visit never counts), leaving out a visit whose
+  repeat spread (:func:`visit_spread`, the interquartile range over the median) is more than
+  :data:`SPREAD_FACTOR` times the model's usual spread (the median over its visits) and above
+  :data:`SPREAD_FLOOR`, when there are at least three visits: a neighbour that leaves no trace in
+  /proc (an SMT sibling, a memory-bandwidth hog on another core) tends to come and go during a
+  visit and widens it; one that stays the whole visit cannot be told from the model. One visit (``nnflash
   profile``) and five (``nnflash calibrate --passes 5``) estimate the same quantity: a median has
   no bias that grows with the number of visits, unlike the minimum, which drifts down as visits
   are added, so a prediction and a later ``profile`` of the model on a quiet device agree.
@@ -36,7 +41,16 @@ __all__ = [
     "visit_latency_ms",
     "model_latency_ms",
     "visit_latency_of",
+    "visit_spread",
+    "visit_spread_of",
+    "SPREAD_FACTOR",
+    "SPREAD_FLOOR",
 ]
+
+#: a visit whose repeat spread is this many times the model's usual one (and above SPREAD_FLOOR)
+#: is left out of the model's latency, when the model has at least three visits
+SPREAD_FACTOR = 3.0
+SPREAD_FLOOR = 0.05
 
 
 def percentile(sorted_xs: Sequence[float], q: float) -> float:
@@ -119,13 +133,33 @@ def visit_latency_ms(samples_ms: Sequence[float], repeat_disturbed: Optional[Seq
     return percentile(sorted(xs), 50.0)
 
 
-def model_latency_ms(visit_latencies_ms: Sequence[float]) -> float:
-    """The latency of a model: the median of its undisturbed visits' latencies (see the module
-    docstring; the caller passes only visits with status ``ok``)."""
-    xs = sorted(float(x) for x in visit_latencies_ms)
+def visit_spread(samples_ms: Sequence[float], repeat_disturbed: Optional[Sequence[bool]] = None) -> float:
+    """The repeat spread of a visit: interquartile range over median of its undisturbed repeats
+    (all of them without flags or when every one was disturbed)."""
+    xs = [float(x) for x in samples_ms]
+    if repeat_disturbed is not None and len(repeat_disturbed) == len(xs):
+        xs = [x for x, bad in zip(xs, repeat_disturbed) if not bad] or xs
+    xs.sort()
     if not xs:
+        raise ValueError("no samples")
+    mid = percentile(xs, 50.0)
+    return (percentile(xs, 75.0) - percentile(xs, 25.0)) / mid if mid > 0 else 0.0
+
+
+def model_latency_ms(visit_latencies_ms: Sequence[float], spreads: Optional[Sequence[Optional[float]]] = None) -> float:
+    """The latency of a model: the median of its undisturbed visits' latencies, without the visits
+    whose spread is unusual (see the module docstring; the caller passes only visits with status
+    ``ok``, and their :func:`visit_spread_of` when it has them)."""
+    lats = [float(x) for x in visit_latencies_ms]
+    if not lats:
         raise ValueError("no visits")
-    return percentile(xs, 50.0)
+    if spreads is not None and len(spreads) == len(lats) and len(lats) >= 3:
+        known = sorted(float(s) for s in spreads if s is not None)
+        if len(known) >= 3:
+            limit = max(SPREAD_FACTOR * percentile(known, 50.0), SPREAD_FLOOR)
+            kept = [x for x, s in zip(lats, spreads) if s is None or float(s) <= limit]
+            lats = kept or lats
+    return percentile(sorted(lats), 50.0)
 
 
 def visit_latency_of(row: Mapping[str, Any]) -> Optional[float]:
@@ -143,3 +177,14 @@ def visit_latency_of(row: Mapping[str, Any]) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return out if out is not None and math.isfinite(out) and out > 0 else None
+
+
+def visit_spread_of(row: Mapping[str, Any]) -> Optional[float]:
+    """A visit's repeat spread from a measurement record or a stored row (its ``disturbance``,
+    directly or in its ``summary``); None for records of protocol v1."""
+    dist = row.get("disturbance")
+    summary = row.get("summary")
+    if dist is None and isinstance(summary, Mapping):
+        dist = summary.get("disturbance")
+    value = dist.get("spread") if isinstance(dist, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None

@@ -18,7 +18,7 @@ from nnflash.calibration.base import CostModel, make_model
 from nnflash.calibration.crossval import cross_val_predict, report_metrics
 from nnflash.calibration.errors import CostModelError
 from nnflash.calibration.select import cover, most_uncertain, plan_budget
-from nnflash_agent.stats import model_latency_ms, visit_latency_of
+from nnflash_agent.stats import model_latency_ms, visit_latency_of, visit_spread_of
 
 ProfileFn = Callable[[list[Any]], Sequence[Mapping[str, Any]]]
 
@@ -65,7 +65,12 @@ def usable_rows(
             continue
         visits.setdefault(sid, []).append(r)
     specs = [specs_by_id[s] for s in visits]
-    lat = np.array([model_latency_ms([visit_latency_of(r) or math.nan for r in visits[s]]) for s in visits])
+    lat = np.array(
+        [
+            model_latency_ms([visit_latency_of(r) or math.nan for r in rs], [visit_spread_of(r) for r in rs])
+            for rs in visits.values()
+        ]
+    )
     energy = None
     en_lists = [[float(r["energy_mj"]) for r in visits[s] if _positive(r.get("energy_mj"))] for s in visits]
     if visits and all(en_lists):

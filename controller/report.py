@@ -15,7 +15,7 @@ from nnflash.controller.store import EXPORT_COLUMNS, ResultsDB
 from nnflash.models.metrics import compute_metrics
 from nnflash.models.spec import parse_spec
 from nnflash_agent.fileio import atomic_write_text
-from nnflash_agent.stats import model_latency_ms, visit_latency_of
+from nnflash_agent.stats import model_latency_ms, visit_latency_of, visit_spread_of
 
 
 def disturbance_note(store: ResultsDB, spec_ids: Sequence[str] | None = None) -> str:
@@ -51,11 +51,12 @@ def collect(store: ResultsDB, spec_ids: Sequence[str] | None = None) -> list[dic
         key = (m["spec_id"], m["device"], m["runtime"], m.get("threads"), m.get("precision"))
         groups.setdefault(key, []).append(m)
     for visits in groups.values():
-        lats = [x for x in (visit_latency_of(v) for v in visits) if x is not None]
-        if not lats:
+        usable = [v for v in visits if visit_latency_of(v) is not None]
+        if not usable:
             continue
+        lats = [visit_latency_of(v) or 0.0 for v in usable]
         m = {k: visits[0].get(k) for k in EXPORT_COLUMNS}
-        m.update(latency_ms=model_latency_ms(lats), visits=len(lats))
+        m.update(latency_ms=model_latency_ms(lats, [visit_spread_of(v) for v in usable]), visits=len(lats))
         sid = m["spec_id"]
         if wanted is not None and sid not in wanted:
             continue

@@ -16,7 +16,7 @@ import nnflash_agent.runners
 from nnflash_agent.disturbance import NIVCSW_FALLBACK, CpuWindow, RepeatWatch, read_proc_stat, read_threads
 from nnflash_agent.measure import OPTION_DEFAULTS, disturbed_reason, parse_options, run_measurement
 from nnflash_agent.protocol import BAD_REQUEST, DISTURBED, OK, ProtocolError
-from nnflash_agent.stats import model_latency_ms, visit_latency_ms, visit_latency_of
+from nnflash_agent.stats import model_latency_ms, visit_latency_ms, visit_latency_of, visit_spread, visit_spread_of
 from nnflash_agent.telemetry import Telemetry
 from nnflash_agent.worker import run_job
 
@@ -135,6 +135,16 @@ def test_the_latency_definitions() -> None:
     assert visit_latency_of({"summary": {"latency_ms": 1.25}, "latency_ms_median": 2.0}) == 1.25
     assert visit_latency_of({"latency_ms_median": 2.0}) == 2.0  # a protocol v1 row
     assert visit_latency_of({"latency_ms_median": None}) is None
+    # spread: interquartile range over median of the undisturbed repeats
+    assert visit_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
+    assert visit_spread([1.0, 1.0, 9.0, 1.0, 1.0], [False, False, True, False, False]) == 0.0
+    assert visit_spread_of({"summary": {"disturbance": {"spread": 0.02}}}) == 0.02
+    assert visit_spread_of({"latency_ms_median": 1.0}) is None
+    # a visit whose spread is far above the model's usual one is left out (three visits or more)
+    assert model_latency_ms([1.0, 1.02, 1.3], [0.01, 0.012, 0.2]) == pytest.approx(1.01)
+    assert model_latency_ms([1.0, 1.02, 1.3], [0.01, 0.012, 0.03]) == 1.02  # within 3x the usual
+    assert model_latency_ms([1.0, 1.3], [0.01, 0.2]) == pytest.approx(1.15)  # two visits: no judge
+    assert model_latency_ms([1.0, 1.02, 1.04], [0.001, 0.001, 0.004]) == 1.02  # under the floor
 
 
 # ---- real hogs ------------------------------------------------------------------------------
