@@ -182,3 +182,16 @@ def test_dense_arrays_from_search_configurations_equal_the_specs(conv: str) -> N
         x, y = estimate(direct, {"mode": mode}), estimate(via, {"mode": mode})
         for key in ("area_mm2", "energy_mj", "latency_ms", "tiles"):
             assert x[key] == pytest.approx(y[key], rel=1e-12), (mode, key)
+
+
+def test_chunks_and_threads_give_the_same_figures(monkeypatch) -> None:
+    from nnflash.calibration import imc
+
+    net = random_plain_networks(50, seed=9)
+    adc = np.resize(np.array([3, 4, 5, 6]), net.n)
+    whole = estimate(net, {"adc_bits": adc}, per_layer=True)
+    monkeypatch.setattr(imc, "_CHUNK", 7)
+    chunked = estimate(net, {"adc_bits": adc}, per_layer=True)
+    assert set(chunked) == set(whole)
+    for key in whole:
+        assert np.array_equal(chunked[key], whole[key]), key
