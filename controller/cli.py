@@ -66,6 +66,7 @@ def _register() -> None:
         return
     calibration_cmds.register(cli)
     importlib.import_module("nnflash.controller.commands.accel_cmds").register(cli)
+    importlib.import_module("nnflash.controller.commands.search_cmds").register(cli)
 
 
 _register()

@@ -1,0 +1,243 @@
+"""`nnflash search`: the best networks (and deployments) under latency, energy and size limits
+(parse, call :mod:`nnflash.controller.codesign`, print)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from nnflash.controller.commands.common import db_option, emit_json
+from nnflash.controller.errors import ConfigError
+
+METHODS = ("exact", "shgo", "random")
+OBJECTIVES = ("nn-degree", "nn-mass")
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _line(design: Any, artifacts: Optional[list[dict[str, Any]]]) -> dict[str, Any]:
+    row = design.to_dict()
+    row["deployment"].pop("latency_model", None)
+    row["deployment"].pop("energy_model", None)
+    if row.get("area_mm2") is None:
+        row.pop("area_mm2", None)  # only hardware models have an area
+    if artifacts is not None:
+        row["artifacts"] = [a for a in artifacts if a["spec_id"] == design.spec_id]
+    return row
+
+
+@click.command("search")
+@click.option(
+    "--cost",
+    "cost_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Cost model (JSON from `nnflash calibrate`); repeat it for several deployments of one device "
+    "(runtimes, threads, precisions): the search chooses among them.",
+)
+@click.option("--dataset", default=None, help="Search the dataset's default space (with its classes).")
+@click.option("--space", "space_name", default=None, help="Search space (default: the cost models' own, else flash).")
+@click.option(
+    "--accuracy",
+    "accuracy_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Maximize the predicted accuracy of this predictor (`nnflash accuracy fit`); a multi predictor "
+    "re-ranks the --rerank best NN-Degree designs.",
+)
+@click.option(
+    "--objective",
+    "objective_name",
+    type=click.Choice(OBJECTIVES),
+    default=None,
+    help="Training-free objective to maximize (default: nn-degree, FLASH's).",
+)
+@click.option("--max-latency-ms", type=float, default=None, help="Predicted latency limit (ms).")
+@click.option("--max-energy-mj", type=float, default=None, help="Predicted energy limit (mJ per inference).")
+@click.option("--max-params", type=float, default=None, help="Parameter count limit.")
+@click.option("--max-macs", type=float, default=None, help="Multiply-accumulate limit.")
+@click.option("--max-peak-memory-mb", type=float, default=None, help="Largest live activation set (MB, float32).")
+@click.option("--max-area-mm2", type=float, default=None, help="Area limit (hardware models with an area only).")
+@click.option(
+    "--margin",
+    type=float,
+    default=None,
+    help="Keep predicted latency/energy this fraction inside their limits (default: the cost models' "
+    "cross-validated 90th-percentile error).",
+)
+@click.option("--method", type=click.Choice(METHODS), default="exact", show_default=True)
+@click.option("--top", "top_k", type=int, default=1, show_default=True, help="Designs to return, best first.")
+@click.option("--rerank", type=int, default=20, show_default=True, help="With a multi predictor: designs it re-ranks.")
+@click.option(
+    "--pareto",
+    is_flag=True,
+    help="Return the exact objective-vs-latency front instead (every design on it) and plot it.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --pareto: the PNG (default: --out with .png, else pareto.png).",
+)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the designs (JSONL).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per design on stdout.")
+@click.option(
+    "--export",
+    "export_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Export the designs (verified), with the weights `nnflash train` stored in --db where trained.",
+)
+@click.option("--format", "formats", default="onnx", show_default=True, help="With --export: onnx, tflite.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Dataset files (multi's proxies).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shgo and random methods.")
+@db_option
+def search_cmd(
+    cost_paths: tuple[str, ...],
+    dataset: Optional[str],
+    space_name: Optional[str],
+    accuracy_path: Optional[str],
+    objective_name: Optional[str],
+    max_latency_ms: Optional[float],
+    max_energy_mj: Optional[float],
+    max_params: Optional[float],
+    max_macs: Optional[float],
+    max_peak_memory_mb: Optional[float],
+    max_area_mm2: Optional[float],
+    margin: Optional[float],
+    method: str,
+    top_k: int,
+    rerank: int,
+    pareto: bool,
+    plot_path: Optional[str],
+    out_path: Optional[str],
+    as_json: bool,
+    export_dir: Optional[str],
+    formats: str,
+    data_dir: Optional[str],
+    seed: int,
+    db_path: str,
+) -> None:
+    """The best networks of a space under latency, energy and size limits, and the deployment
+    (runtime, threads, precision) to run each with, from calibrated cost models.
+
+    \b
+    Every design returned is re-checked against every limit with the full cost model. Examples:
+      nnflash search --cost pi-ort4.json --max-latency-ms 20 --top 3
+      nnflash search --cost pi-ort1.json --cost pi-tflite-int8.json --max-latency-ms 20 --max-params 1e6
+      nnflash search --cost pi.json --pareto --plot front.png --out front.jsonl
+      nnflash search --cost pi.json --max-latency-ms 20 --export found/ --format onnx,tflite
+    """
+    from nnflash.controller.codesign import SearchRequest, export_designs, plot_front, run_search
+    from nnflash.search import Limits
+
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    if export_dir is None and formats != "onnx":
+        raise ConfigError("--format applies with --export only")
+    if plot_path is not None and not pareto:
+        raise ConfigError("--plot applies with --pareto only")
+    if out_path is not None and not Path(out_path).parent.exists():
+        raise ConfigError(f"--out: directory {Path(out_path).parent} does not exist")
+    limits = Limits(
+        max_latency_ms=max_latency_ms,
+        max_energy_mj=max_energy_mj,
+        max_params=max_params,
+        max_macs=max_macs,
+        max_peak_memory_mb=max_peak_memory_mb,
+        max_area_mm2=max_area_mm2,
+    )
+    request = SearchRequest(
+        cost_paths=tuple(cost_paths),
+        limits=limits,
+        method=method,
+        top_k=top_k,
+        margin=margin,
+        objective_name=objective_name,
+        accuracy_path=accuracy_path,
+        space_name=space_name,
+        dataset=dataset,
+        pareto=pareto,
+        rerank=rerank,
+        seed=seed,
+        data_dir=data_dir,
+        db_path=db_path if Path(db_path).exists() else None,
+    )
+    outcome = run_search(request)
+    artifacts = None
+    if export_dir is not None:
+        artifacts = export_designs(outcome.designs, export_dir, fmts, db_path=request.db_path, dataset=dataset)
+    lines = [_line(d, artifacts) for d in outcome.designs]
+    if out_path is not None:
+        from nnflash.controller.commands.models_cmds import write_jsonl_atomic
+
+        write_jsonl_atomic(out_path, (json.dumps(r, separators=(",", ":")) for r in lines))
+    plot = None
+    if pareto:
+        default = Path(out_path).with_suffix(".png") if out_path else Path("pareto.png")
+        plot = plot_front(outcome, plot_path or default, seed=seed)
+    _summary(outcome, plot, out_path, artifacts)
+    if as_json:
+        for r in lines:
+            emit_json(r)
+    else:
+        _table(outcome)
+    if artifacts is not None and any("error" in a for a in artifacts):
+        sys.exit(1)
+
+
+def _summary(outcome: Any, plot: Optional[Path], out_path: Optional[str], artifacts: Any) -> None:
+    err = lambda s: click.echo(s, err=True)  # noqa: E731
+    n = len(outcome.designs)
+    if plot is not None:
+        err(f"exact front: {n} design(s) on space {outcome.space.name}; plot: {plot}")
+    else:
+        build = f", tables {outcome.build_s:.2f} s" if outcome.build_s else ""
+        err(
+            f"{outcome.method}: {n} design(s) on space {outcome.space.name} in {outcome.time_s:.3f} s{build}, "
+            f"{outcome.evaluations} full evaluations; margin {100 * outcome.margin:.1f}% ({outcome.margin_source})"
+            + (f"; re-ranked by the {outcome.reranked_by} predictor" if outcome.reranked_by else "")
+        )
+    if out_path is not None:
+        err(f"designs: {out_path}")
+    if artifacts is not None:
+        ok = sum(1 for a in artifacts if "error" not in a)
+        trained = sum(1 for a in artifacts if "error" not in a and a.get("weights"))
+        err(f"exported {ok} file(s) ({trained} with trained weights), {len(artifacts) - ok} failed")
+        for a in artifacts:
+            if "error" in a:
+                err(f"export of {a['spec_id']} to {a['format']} failed: {a['error']}")
+
+
+def _table(outcome: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{outcome.objective.name if not outcome.reranked_by else 'accuracy'} on {outcome.space.name}")
+    cols = ("#", "spec_id", "deployment", "objective", "latency ms", "energy mJ", "params", "MACs", "peak MB")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("spec_id", "deployment") else "right")
+    for i, d in enumerate(outcome.designs, 1):
+        t.add_row(
+            str(i),
+            d.spec_id,
+            d.deployment.label,
+            _fmt(d.objective, ".5g"),
+            _fmt(d.latency_ms, ".3f"),
+            _fmt(d.energy_mj, ".3f"),
+            f"{d.params:,}",
+            f"{d.macs:,}",
+            _fmt(d.peak_memory_mb, ".2f"),
+        )
+    Console().print(t)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(search_cmd)
