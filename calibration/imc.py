@@ -531,6 +531,30 @@ def estimate_grid(
     return {k: v.reshape(net.n, m) for k, v in res.items() if isinstance(v, np.ndarray) and v.ndim == 1}
 
 
+def meets_limits(
+    result: Mapping[str, np.ndarray],
+    knobs: Mapping[str, Any] | None = None,
+    *,
+    max_area_mm2: float | None = None,
+    max_latency_ms: float | None = None,
+    max_energy_mj: float | None = None,
+    min_adc_bits: int | None = 5,
+) -> np.ndarray:
+    """Which configurations of ``result`` (from :func:`estimate` or :func:`estimate_grid`) meet
+    the limits. ``min_adc_bits`` (default 5, V1.3's ADC) bounds the ADC resolution from below
+    because the model does not know the accuracy lost to coarse ADCs; it reads ``knobs["adc_bits"]``
+    (arrays of :func:`knob_grid`, one per configuration) and is ignored without them."""
+    ok = np.ones(np.shape(result["area_mm2"]), dtype=bool)
+    for key, limit in (("area_mm2", max_area_mm2), ("latency_ms", max_latency_ms), ("energy_mj", max_energy_mj)):
+        if limit is not None:
+            if not limit > 0:
+                raise CostModelError(f"imc: the limit on {key} must be positive, got {limit}")
+            ok &= np.asarray(result[key]) <= limit
+    if min_adc_bits is not None and knobs is not None and "adc_bits" in knobs:
+        ok &= np.broadcast_to(np.asarray(knobs["adc_bits"]) >= min_adc_bits, ok.shape)
+    return ok
+
+
 def ops_per_image(net: LayerArrays) -> np.ndarray:
     """NeuroSim's operation count ``2 * MACs`` per network."""
     return 2 * (net.macs * net.valid).sum(axis=1)
@@ -546,4 +570,5 @@ __all__ = [
     "estimate",
     "estimate_grid",
     "knob_grid",
+    "meets_limits",
 ]

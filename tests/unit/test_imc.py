@@ -195,3 +195,17 @@ def test_chunks_and_threads_give_the_same_figures(monkeypatch) -> None:
     assert set(chunked) == set(whole)
     for key in whole:
         assert np.array_equal(chunked[key], whole[key]), key
+
+
+def test_meets_limits_on_a_grid() -> None:
+    from nnflash.calibration.imc import meets_limits
+
+    net = random_plain_networks(6, seed=2)
+    grid = knob_grid()
+    res = estimate_grid(net, grid)
+    ok = meets_limits(res, grid, max_area_mm2=60.0)
+    assert ok.shape == (6, 24)
+    assert np.array_equal(ok, (res["area_mm2"] <= 60.0) & (grid["adc_bits"] >= 5)[None, :])
+    assert meets_limits(res, grid, min_adc_bits=None).all()
+    with pytest.raises(CostModelError, match="must be positive"):
+        meets_limits(res, grid, max_latency_ms=0.0)
