@@ -19,14 +19,19 @@ class Journal:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
 
-    def append(self, rid: str, response: Dict[str, Any]) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    @staticmethod
+    def entry(rid: str, response: Dict[str, Any]) -> bytes:
+        """The journal line for one response (ASCII JSON, newline-terminated)."""
         line = json.dumps(
             {"id": rid, "time_unix": time.time(), "response": response},
             separators=(",", ":"),
             allow_nan=False,
         )
-        data = (line + "\n").encode("utf-8")
+        return (line + "\n").encode("utf-8")
+
+    def append(self, rid: str, response: Dict[str, Any]) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        data = self.entry(rid, response)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             # A previous torn write could leave a line without "\n": start on a fresh line.

@@ -32,8 +32,10 @@ from nnflash_agent.protocol import (
 
 __all__ = ["Agent", "serve", "TEST_HOOKS_ENV", "install_stop_signals"]
 
-# Set to "1" to let measure accept ``_test_fault`` (tests only: makes the worker crash or hang).
+# Set to "1" to let measure accept ``_test_fault`` (tests only: makes the worker crash or hang, or,
+# with "kill_in_journal", the agent die halfway through writing the result to its journal).
 TEST_HOOKS_ENV = "NNFLASH_AGENT_TEST_HOOKS"
+KILL_IN_JOURNAL = "kill_in_journal"
 MAX_IDS = 10_000
 
 
@@ -158,6 +160,9 @@ class Agent:
         if RUNTIME_FORMATS[runtime] != ref["format"]:
             raise ProtocolError(BAD_REQUEST, f"runtime {runtime} cannot run a .{ref['format']} artifact", rid)
         raw = {k: v for k, v in args.items() if k not in ("artifact", "runtime")}
+        die_in_journal = self.allow_test_hooks and raw.get("_test_fault") == KILL_IN_JOURNAL
+        if die_in_journal:
+            del raw["_test_fault"]
         opts = parse_options(raw, allow_test_hooks=self.allow_test_hooks)
         try:
             path = self.store.verified_path(ref["sha256"], ref["format"])
@@ -165,6 +170,8 @@ class Agent:
             response = error_response(exc, rid)
         else:
             response = self.run_measure(rid, path, runtime, ref, opts)
+        if die_in_journal:
+            _die_mid_journal_write(self.journal, rid, response)
         self._journal(rid, response)
         return response
 
@@ -210,6 +217,20 @@ class Agent:
             result = response.get("result")
             if isinstance(result, dict):
                 result.setdefault("flags", []).append("not_journaled")
+
+
+def _die_mid_journal_write(journal: Any, rid: str, response: Dict[str, Any]) -> None:
+    """Test hook: write the first half of the journal line (fsynced, as a power cut or a SIGKILL
+    between two writes leaves it), then die by SIGKILL. The journal must skip the torn line and a
+    later append must start on a fresh line."""
+    import signal
+
+    data = journal.entry(rid, response)
+    os.makedirs(os.path.dirname(journal.path), exist_ok=True)
+    fd = os.open(journal.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, data[: len(data) // 2])
+    os.fsync(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def release_freed_memory() -> None:

@@ -15,9 +15,10 @@ Resuming and faults
 - A (spec, device, runtime, threads) already measured ``ok`` is skipped; a failed one is retried
   until it has failed ``max_attempts`` times.
 - A dropped connection is reopened with backoff; the result of the measurement in flight is
-  fetched from the agent's journal by request id (the agent journals before it answers), else the
-  measurement is sent again. Nothing measured is lost, nothing is stored twice (request ids are
-  unique in the database, and an ``ok`` row per key is unique too).
+  fetched from the agent's journal by request id (the agent journals before it answers), else a
+  ``connection_lost`` failure is stored with the reason and the measurement is sent again (while
+  fewer than ``max_attempts`` were lost in this campaign). Nothing measured is lost, nothing is
+  stored twice (request ids are unique in the database, and an ``ok`` row per key is unique too).
 - An agent that does not answer within the per-model timeout is restarted and the measurement is
   stored as failed (``timeout``); the campaign goes on.
 - A model that fails to export is stored as a failed measurement (``export_failed``).
@@ -651,6 +652,17 @@ class Campaign:
                     if got:
                         check_measure_response(got, lost_id, dev.name)
                         return conn, self._store(dev, sid, lost_id, got)
+                    # the agent died before it journaled the answer (killed, power cut): a failure
+                    # with its reason, and the model is measured again while attempts remain
+                    self._store(
+                        dev,
+                        sid,
+                        f"lost-{uuid.uuid4().hex[:12]}",
+                        {"status": "connection_lost", "error": f"{e}; no result in the device's journal"},
+                    )
+                    if attempts >= self.max_attempts:
+                        return conn, None
+                    continue
                 if attempts >= self.max_attempts + 1:
                     self._store(
                         dev, sid, f"lost-{uuid.uuid4().hex[:12]}", {"status": "connection_lost", "error": str(e)}
