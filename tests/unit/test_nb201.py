@@ -160,3 +160,22 @@ def test_tflite_export_round_trip(tmp_path: Path) -> None:
     for arch in (EXAMPLE, NO_PATH):
         art = export_spec(spec(arch, channels=4, cells_per_stage=1), "tflite", tmp_path)
         assert Path(art.path).is_file() and art.max_abs_err <= art.tolerance
+
+
+def test_cost_model_records_carry_the_layer_places_and_fit() -> None:
+    import numpy as np
+
+    from nnflash.calibration.features import layer_records
+    from nnflash.calibration.roofline import RooflineLatencyModel
+
+    recs = layer_records(spec(EXAMPLE))
+    body = [r for r in recs if r.section == "body"]
+    assert {r.section for r in recs} == {"stem", "body", "head"}
+    assert {r.cell for r in body} == set(range(17)) and all(r.index is not None and r.role for r in body)
+    assert {r.role for r in body if r.cell == 5} >= {"conv_a", "conv_b", "down", "down_pool", "add"}
+    specs = get_space("nb201").sample(10, seed=2)
+    # a stand-in latency that follows the work (data for the fit, not a measurement claim)
+    y = np.array([0.2 + compute_metrics(s)["macs"] / 4e6 + 0.01 * len(layer_table(s)) for s in specs])
+    pred = RooflineLatencyModel(conv_algorithm="im2col", max_nfev=100).fit(specs, y).predict(specs)
+    assert np.all(np.isfinite(pred)) and np.all(pred > 0)
+    assert np.median(np.abs(pred / y - 1)) < 0.25
