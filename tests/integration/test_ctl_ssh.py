@@ -297,6 +297,7 @@ def test_real_agent_over_ssh(sshd: SSHServer, tmp_path: Path) -> None:
             "warmup_runs": 1,
             "warmup_s": 0.0,
             "min_repeat_ms": 1.0,
+            "disturbed_share_max": None,  # this test is about the transport, not a quiet machine
         }
         r = conn.request("measure", args, timeout_s=120, request_id="real-1")
         assert r["status"] == "ok", r["error"]
