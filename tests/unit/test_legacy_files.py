@@ -41,6 +41,7 @@ def test_database_opens_and_reads(tmp_path: Path) -> None:
         ids = {s.spec_id for s in load_specs_jsonl(LEGACY / "specs.jsonl")}
         assert {r["spec_id"] for r in rows} == ids
         assert store.done_spec_ids("local", "onnxruntime", 1) == ids
+        assert store.measurement_sources("local", "onnxruntime") == ["agent"]  # schema 5: rows kept as the agent's
 
 
 @pytest.mark.parametrize("kind", sorted(PREDICTIONS["predictions"]))
