@@ -11,8 +11,16 @@ from typing import Any, Optional
 import click
 
 from nnflash.calibration.errors import CostModelError
-from nnflash.controller.commands.common import check_precision, counting_options, precision_option
+from nnflash.controller.commands.common import (
+    check_disturbed_share,
+    check_precision,
+    counting_options,
+    disturbance_options,
+    parse_affinity,
+    precision_option,
+)
 from nnflash.controller.store import DEFAULT_DB_NAME
+from nnflash_agent.measure import OPTION_DEFAULTS
 from nnflash_agent.runners import RUNTIMES
 
 
@@ -105,6 +113,8 @@ def _profile(
     repeat: int = 20,
     min_repeat_ms: float = 50.0,
     precision: str = "fp32",
+    affinity: Optional[tuple[int, ...]] = None,
+    disturbed_share: Optional[float] = None,
 ) -> list[dict[str, Any]]:
     """Measure ``specs`` on ``device`` in ``passes`` passes (:func:`profile_in_passes`) with
     progress bars on stderr; the stored rows of these specs, every visit. An interrupted pass
@@ -130,6 +140,8 @@ def _profile(
         min_repeat_ms=min_repeat_ms,
         energy=energy,
         precision=precision,
+        affinity=affinity,
+        disturbed_share_max=OPTION_DEFAULTS["disturbed_share_max"] if disturbed_share is None else disturbed_share,
     )
     console = Console(stderr=True)
     done = profile_in_passes(
@@ -233,6 +245,7 @@ def _device_facts(db_path: str, device: str) -> Optional[dict[str, Any]]:
     "a model's latency is the median of its undisturbed passes (nnflash_agent.stats).",
 )
 @counting_options(10, 25.0, "Timed repeats per model and pass.")
+@disturbance_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def calibrate_cmd(
@@ -253,6 +266,8 @@ def calibrate_cmd(
     passes: int,
     repeat: int,
     min_repeat_ms: float,
+    affinity: Optional[str],
+    disturbed_share: float,
     seed: int,
     as_json: bool,
 ) -> None:
@@ -309,6 +324,8 @@ def calibrate_cmd(
         from nnflash.models.space import get_space
 
         candidates = get_space(space_name).sample(pool, seed=seed)
+        cpus = parse_affinity(affinity)
+        check_disturbed_share(disturbed_share)
 
         def profile(specs: list[Any]) -> list[dict[str, Any]]:
             return _profile(
@@ -323,6 +340,8 @@ def calibrate_cmd(
                 repeat=repeat,
                 min_repeat_ms=min_repeat_ms,
                 precision=precision,
+                affinity=cpus,
+                disturbed_share=disturbed_share,
             )
 
         result = calibrate(candidates, budget, profile, model=model_kind, seed=seed, log=log)

@@ -257,11 +257,13 @@ def test_calibrate_passes_and_counting_reach_the_profiler(tmp_path, monkeypatch)
     out = tmp_path / "cost.json"
     args = ["calibrate", "--device", "local", "--budget", "10", "--pool", "200"]
     args += ["--db", str(tmp_path / "n.db"), "--out", str(out)]
-    res = CliRunner().invoke(cli, args + ["--repeat", "7"])
+    res = CliRunner().invoke(cli, args + ["--repeat", "7", "--affinity", "0", "--disturbed-share", "0.5"])
     assert res.exit_code == 0, res.output
     assert {(k["passes"], k["repeat"], k["min_repeat_ms"]) for k in seen} == {(5, 7, 25.0)}
+    assert {(k["affinity"], k["disturbed_share"]) for k in seen} == {((0,), 0.5)}
     assert load_model(out).metadata_["measurement"] == {"passes": 5, "repeat": 7, "min_repeat_ms": 25.0}
-    for bad, msg in ((["--passes", "0"], "--passes"), (["--repeat", "-1"], "--repeat")):
+    bads = [(["--passes", "0"], "--passes"), (["--repeat", "-1"], "--repeat"), (["--affinity", "x"], "--affinity")]
+    for bad, msg in bads + [(["--disturbed-share", "2"], "--disturbed-share")]:
         res = CliRunner().invoke(cli, args + bad)
         assert res.exit_code == 2 and f"nnflash: error: {msg}" in res.output
 
