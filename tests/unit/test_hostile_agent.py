@@ -203,7 +203,7 @@ def test_megabyte_lines_through_the_serve_loop(agent: Agent) -> None:
     assert answers[2]["id"] == "u" and answers[-1]["id"] == "end"
 
 
-@settings(max_examples=25, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True)
 @given(lines=st.lists(st.binary(max_size=200).map(lambda b: b.replace(b"\n", b"")), min_size=1, max_size=20))
 def test_serve_answers_every_line_of_a_garbage_stream(agent: Agent, lines: list) -> None:
     """A stream of garbage lines, then a real request: one answer per non-blank line, in order."""

@@ -33,7 +33,7 @@ from nnflash.controller.store import SCHEMA_VERSION
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_0_1"
 FUZZ = settings(
     max_examples=40,
-    deadline=3000,
+    deadline=5000,  # ms per example (a CLI run on a loaded 2-core machine)
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
 )
