@@ -128,7 +128,12 @@ def choose_space(
     if dataset is not None:
         return dataset_space(dataset, space_name)
     if space_name is None:
-        spaces = {(getattr(d.latency_model, "metadata_", {}) or {}).get("space") for d in deployments} - {None}
+        spaces = {
+            (getattr(m, "metadata_", {}) or {}).get("space")
+            for d in deployments
+            for m in (d.latency_model, d.energy_model)
+            if m is not None
+        } - {None}
         space_name = str(spaces.pop()) if len(spaces) == 1 else "flash"
     return get_space(space_name)
 
