@@ -398,6 +398,9 @@ class Connection(abc.ABC):
                     return
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
+                if len(buf) > 4096:  # a line without end: keep its start, drop the rest
+                    lines.append(buf[:500])
+                    buf = b""
                 for raw in lines:
                     text = raw.decode("utf-8", "replace").strip()
                     if text:

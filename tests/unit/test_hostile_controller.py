@@ -224,3 +224,24 @@ def test_well_formed_measure_answers_pass() -> None:
     ok = {"v": P.PROTOCOL_VERSION, "id": "r-1", "status": "ok", "error": None}
     check_measure_response({**ok, "result": {"latency_ms_median": 2.5, "samples_ms": [2.4, 2.5]}}, "r-1")
     check_measure_response({**ok, "status": P.TIMEOUT, "error": "too slow", "result": None}, "r-1")
+
+
+def test_endless_stderr_line_does_not_grow_memory() -> None:
+    """The agent's stderr is kept as a short tail for error messages: 20 MB without a newline must
+    not be held in memory."""
+    import tracemalloc
+
+    from nnflash.controller.transport.local import LocalConnection
+
+    chunks = iter([b"x" * (1 << 20)] * 20 + [b"\nlast line\n", b""])
+    conn = LocalConnection(Device(name="noisy", kind="local", agent_command="true"))
+    tracemalloc.start()
+    try:
+        conn._start_stderr_reader(lambda: next(chunks))
+        for t in conn._threads:
+            t.join(30)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
+    assert conn.stderr_tail[-1] == "last line" and all(len(x) <= 500 for x in conn.stderr_tail)
