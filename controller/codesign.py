@@ -200,7 +200,20 @@ def _margin(request: SearchRequest, deployments: Sequence[Deployment]) -> tuple[
             raise ConfigError(f"--margin: must be a fraction in [0, 1), got {request.margin}")
         return m, "--margin"
     # the largest of the cost models' own suggestions: every deployment gets at least its own
-    return max(default_margin(d) for d in deployments), "the cost models' cross-validated 90th-percentile error"
+    return max(_suggested_margin(d) for d in deployments), "the cost models' cross-validated 90th-percentile error"
+
+
+def _suggested_margin(dep: Deployment) -> float:
+    """:func:`nnflash.search.default_margin` of the latency model, and for an energy model (whose
+    file's metadata holds ``cv`` of its latency and ``energy_cv``) the larger of the two p90s."""
+    out = default_margin(dep)
+    if dep.energy_model is not None:
+        meta = getattr(dep.energy_model, "metadata_", {}) or {}
+        for key in ("cv", "energy_cv"):
+            p90 = (meta.get(key) or {}).get("p90")
+            if isinstance(p90, (int, float)) and math.isfinite(p90) and 0 <= p90 < 1:
+                out = max(out, float(p90))
+    return out
 
 
 def run_search(request: SearchRequest) -> SearchOutcome:
