@@ -57,7 +57,7 @@ class Journal:
             for raw in f:
                 try:
                     entry = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):  # a torn or damaged line: skipped
                     continue
                 if isinstance(entry, dict) and isinstance(entry.get("id"), str) and entry["id"] in wanted:
                     found[entry["id"]] = entry.get("response")

@@ -245,3 +245,19 @@ def test_real_agent_process_survives_a_hostile_stream(tmp_path: Path) -> None:
     assert all(a["status"] in REFUSALS for a in answers[:-1]), answers
     assert answers[-1]["status"] == P.OK and answers[-1]["id"] == "last"
     assert answers[-2]["status"] == P.UNKNOWN_VERB and not (tmp_path / "pwned").exists()
+
+
+def test_damaged_journal_still_answers(agent: Agent) -> None:
+    """A journal with torn, binary, deeply nested and wrongly shaped lines: ``results`` still finds
+    the whole entries and answers None for the rest."""
+    good = {"id": "g", "time_unix": 1.0, "response": P.make_response("g", P.TIMEOUT, None, "slow")}
+    os.makedirs(os.path.dirname(agent.journal.path), exist_ok=True)
+    with open(agent.journal.path, "wb") as f:
+        f.write(b'{"id":"torn","time_unix":1.0,"resp')
+        f.write(b"\n\xff\xfe\x00garbage\n" + b"[" * 100_000 + b"\n[1,2]\n" + b'{"id":["x"]}\n')
+        f.write(json.dumps(good).encode() + b"\n" + b'{"id":"cut-at-end","resp')
+    response, _ = agent.handle_line(P.encode(P.make_request("results", "q", {"ids": ["g", "torn", "x"]})))
+    assert response["status"] == P.OK, response
+    assert response["result"]["results"] == {"g": good["response"], "torn": None, "x": None}
+    agent.journal.append("next", P.make_response("next", P.TIMEOUT, None, "slow"))  # starts a fresh line
+    assert agent.journal.lookup(["next"])["next"]["status"] == P.TIMEOUT
