@@ -248,6 +248,16 @@ def _fmt(x: Any, spec: str = ".3f", none: str = "-") -> str:
     return format(x, spec)
 
 
+def _file_cell(path: str, base: Path) -> str:
+    """A link to an exported file, named relative to the report's folder where it lies below it."""
+    p = Path(path)
+    try:
+        name = str(p.resolve().relative_to(base.resolve()))
+    except ValueError:
+        name = p.name
+    return f"<a href='{html.escape(p.resolve().as_uri())}'><code>{html.escape(name)}</code></a>"
+
+
 def _objective_cell(v: Verified) -> str:
     if v.design.accuracy is not None:
         return f"{v.design.accuracy:.1%}"
@@ -297,7 +307,7 @@ def write_run_report(result: LoopResult, path: str | Path, *, notes: Sequence[st
             f"<td>{_fmt(v.design.energy_mj)}</td><td>{_fmt(v.measured_mj)}</td>"
             f"<td>{v.design.params:,}</td><td>{v.design.macs:,}</td><td>{m['nn_mass']:.1f}</td>"
             f"<td>{m['nn_degree']:.1f}</td>"
-            f"<td class='l'>{'<br>'.join(f'<code>{esc(f)}</code>' for f in v.files) or '-'}</td></tr>"
+            f"<td class='l'>{'<br>'.join(_file_cell(f, out.parent) for f in v.files) or '-'}</td></tr>"
         )
     parts.append("</table>")
     parts.append(
