@@ -234,9 +234,12 @@ def search(
     """The best ``top_k`` designs of ``space`` (over every deployment) under ``limits``.
 
     ``margin`` keeps predicted latency and energy that share inside their limits. ``evaluations``
-    sets the ``random`` method's number of full-network evaluations (default: what ``shgo`` uses,
-    :data:`nnflash.search.shgo.DEFAULT_EVALUATIONS`). Raises :class:`Infeasible` when no design
-    meets the limits, :class:`SearchError` for bad arguments."""
+    sets the ``random`` method's number of full-network evaluations per deployment (default:
+    about what ``shgo`` uses, :data:`nnflash.search.shgo.DEFAULT_EVALUATIONS`). Every method
+    works on the per-cell tables (:func:`build_tables`; built here when ``tables`` is None, and
+    their build time reported as ``build_s``); ``random`` is seeded by ``seed`` (``shgo``'s
+    Sobol sampling is deterministic). Raises :class:`Infeasible` when no design meets the limits,
+    :class:`SearchError` for bad arguments."""
     if method not in METHODS:
         raise SearchError(f"method: unknown method {method!r} (known: {', '.join(METHODS)})")
     if not (isinstance(top_k, int) and top_k >= 1):
@@ -246,31 +249,35 @@ def search(
     _check_limits(limits, deployments, margin)
     deps = list(deployments)
     build_s = 0.0
-    if method == "exact":
-        from nnflash.search.exact import ExactTables, exact_candidates
+    from nnflash.search.exact import ExactTables, exact_candidates
 
-        if tables is None:
-            t0 = time.perf_counter()
-            tables = ExactTables.build(space, deps, objective)
-            build_s = time.perf_counter() - t0
+    if tables is None:
         t0 = time.perf_counter()
+        tables = ExactTables.build(space, deps, objective)
+        build_s = time.perf_counter() - t0
+    elif not isinstance(tables, ExactTables) or tables.space != space or tables.objective != objective:
+        raise SearchError("search: the tables passed were built for another space or objective")
+    t0 = time.perf_counter()
+    if method == "exact":
         cands, n_eval = exact_candidates(tables, limits, margin, top_k)
     elif method == "shgo":
         from nnflash.search.shgo import shgo_candidates
 
-        t0 = time.perf_counter()
-        cands, n_eval = shgo_candidates(space, deps, objective, limits, margin, top_k, seed)
+        cands, n_eval = shgo_candidates(tables, limits, margin, top_k, seed)
     else:
         from nnflash.search.randomsearch import random_candidates
+        from nnflash.search.shgo import DEFAULT_EVALUATIONS
 
-        t0 = time.perf_counter()
-        cands, n_eval = random_candidates(space, deps, objective, limits, margin, top_k, seed, evaluations)
+        per = int(evaluations) if evaluations is not None else DEFAULT_EVALUATIONS
+        if per < 1:
+            raise SearchError(f"evaluations: must be a positive integer, got {evaluations!r}")
+        cands, n_eval = random_candidates(tables, limits, margin, top_k, seed, per)
     designs = _finalize(cands, objective, limits, margin, top_k)
     elapsed = time.perf_counter() - t0
     if not designs:
         from nnflash.search.infeasible import diagnose
 
-        raise diagnose(space, deps, objective, limits, margin, method=method)
+        raise diagnose(tables, limits, margin, method=method)
     return SearchResult(designs=designs, method=method, time_s=elapsed, build_s=build_s, evaluations=n_eval)
 
 
