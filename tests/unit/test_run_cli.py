@@ -91,3 +91,35 @@ def test_fresh_specs_are_new_and_repeatable() -> None:
     assert len(a) == 3 and not exclude & {s.spec_id for s in a}
     assert [s.spec_id for s in a] == [s.spec_id for s in fresh_specs(space, exclude, 3, seed=7)]
     assert [s.spec_id for s in a] != [s.spec_id for s in fresh_specs(space, exclude, 3, seed=8)]
+
+
+def test_accuracy_predictor_objective_and_foreign_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flash predictor fitted on real trainings of a 1x8x8 task becomes the objective with its
+    note; for the 3x32x32 flash space it is a one-line error before anything is measured."""
+    import dataclasses
+
+    from accuracy_fixture import fixture_specs_and_accuracy
+
+    from nnflash.calibration.accuracy import make_accuracy_model
+    from nnflash.controller.commands.common import devices_from, load_inventory
+    from nnflash.controller.runloop import RunRequest, choose_objective
+
+    specs, acc = fixture_specs_and_accuracy()
+    pred = make_accuracy_model("flash").fit(specs, acc)
+    path = tmp_path / "acc.json"
+    pred.save(path, dataset="tiny-quadrants")
+    res = _run(tmp_path, monkeypatch, "--accuracy", str(path))
+    assert res.exit_code == 2 and "1x8x8" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    space = dataclasses.replace(get_space("flash"), input_shape=tuple(specs[0].input_shape))
+    space = dataclasses.replace(space, num_classes=specs[0].num_classes)
+    req = RunRequest(
+        device=devices_from(load_inventory(None), "local")[0],
+        space=space,
+        db_path=str(tmp_path / "n.db"),
+        out_dir=str(tmp_path),
+        artifacts_dir=str(tmp_path),
+        accuracy_path=str(path),
+    )
+    obj, note, reranker = choose_objective(req)
+    assert obj.name == "accuracy:flash" and reranker is None and "flash predictor" in note
+    assert obj.predictor is not None
