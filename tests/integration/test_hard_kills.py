@@ -327,8 +327,9 @@ def test_worker_sigkilled_mid_measurement(sshd, tmp_path: Path) -> None:  # noqa
         conn.request = measure_and_kill
         return conn
 
-    # long enough a measurement (10 repeats of >= 300 ms) to be inside it a second after it began
-    slow = MeasureSettings(**{**QUICK, "repeat": 10, "min_repeat_ms": 300.0})
+    # long enough a measurement (6 repeats of >= 250 ms, after the worker's start) to be inside it
+    # a second after it began
+    slow = MeasureSettings(**{**QUICK, "repeat": 6, "min_repeat_ms": 250.0})
     with ResultsDB(db) as store:
         first = Campaign(specs, [dev], slow, store, tmp_path / "art", connect=connect).run()
     assert killed, "no worker was found to kill"
