@@ -123,3 +123,22 @@ def test_accuracy_predictor_objective_and_foreign_shape(tmp_path: Path, monkeypa
     obj, note, reranker = choose_objective(req)
     assert obj.name == "accuracy:flash" and reranker is None and "flash predictor" in note
     assert obj.predictor is not None
+
+
+def test_profile_in_passes_passes_max_disturbed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """run raises the disturbed-attempt limit by what the database holds (a model left disturbed on
+    a busy day is measured again later): profile_in_passes hands the limit to every pass."""
+    from nnflash.controller import profiling
+    from nnflash.controller.campaign import CampaignResult, MeasureSettings
+
+    seen: list[int] = []
+
+    def fake_campaign(*args: object, **kw: object) -> CampaignResult:
+        seen.append(int(kw["max_disturbed"]))  # type: ignore[call-overload]
+        return CampaignResult(1)
+
+    monkeypatch.setattr(profiling, "run_campaign", fake_campaign)
+    monkeypatch.setattr(profiling, "stored_rows", lambda *a, **k: [])
+    spec = get_space("flash").sample(1, seed=0)[0]
+    profiling.profile_in_passes([spec], [], MeasureSettings(), tmp_path / "n.db", tmp_path, passes=2, max_disturbed=7)
+    assert seen == [7, 7]
