@@ -316,8 +316,12 @@ def test_worker_sigkilled_mid_measurement(sshd, tmp_path: Path) -> None:  # noqa
             if verb == "measure" and not killed:
 
                 def kill_worker() -> None:
-                    time.sleep(1.0)  # the worker has started on the model
-                    for pid in _children(int(conn.hello["pid"])):
+                    agent_pid = int(conn.hello["pid"])
+                    deadline = time.monotonic() + 30
+                    while not _children(agent_pid) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    time.sleep(1.0)  # the worker has started and is timing the model
+                    for pid in _children(agent_pid):
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
 
