@@ -62,8 +62,8 @@ def _numbers(text: Optional[str], name: str, kind: type = float) -> tuple[Any, .
     "--max-latency-ms",
     "latency_text",
     default=None,
-    help="Latency limit, or a list (5,10,20): the best design under each. None: a Pareto set of 5-8 designs "
-    "across the latency range the calibration measured.",
+    help="Latency limit, or a list (5,10,20): the best design under each. None: a Pareto set, the best "
+    "design under each of 8 limits (--quick: 6) across the latency range the calibration measured.",
 )
 @click.option("--max-energy-mj", type=float, default=None, help="Energy limit (needs --energy METER).")
 @click.option("--max-params", type=float, default=None, help="Parameter limit.")
@@ -72,13 +72,15 @@ def _numbers(text: Optional[str], name: str, kind: type = float) -> tuple[Any, .
     "accuracy_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Accuracy predictor (nnflash accuracy fit; kinds flash, nnmass). Default: NN-Degree, a proxy.",
+    help="Accuracy predictor (nnflash accuracy fit): flash or nnmass is the objective; multi re-ranks the "
+    "10 best designs by NN-Degree under each limit. Default: NN-Degree, a proxy.",
 )
 @click.option(
     "--train-budget",
     type=int,
     default=None,
-    help="Train this many networks first and fit a predictor on them (hours on a CPU; the estimate is shown).",
+    help="Train this many networks of --dataset (default cifar10) first and fit a flash predictor on them "
+    "(hours on a CPU; the estimate is shown before training starts).",
 )
 @click.option("--protocol", default=None, help="Training protocol for --train-budget (e.g. quick).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Dataset folder for training.")
