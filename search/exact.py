@@ -222,7 +222,7 @@ def run_chain(
         objs, costs, states, parents, cfgs = [], [], [], [], []
         for p_idx, p_obj, p_cost, cand, g_obj, g_cost, g_state in groups:
             o = (p_obj[:, None] + g_obj[None, :]).ravel()
-            cc = (p_cost[:, None, :] + g_cost[None, :, :]).reshape(-1, k)
+            cc = (p_cost[:, None, :] + g_cost[None, :, :]).reshape(len(o), k)
             combos += len(o)
             par = np.repeat(p_idx, len(cand))
             cf = np.tile(cand, len(p_idx))
@@ -298,7 +298,7 @@ def _last_level(groups: list[Any], bud: np.ndarray, layers: int) -> tuple[_Level
             p_idx, p_obj, p_cost, cand, g_obj, g_cost, _ = groups[int(gi)]
             xs = loc[part[loc[part, 0] == gi], 1]
             o = (p_obj[:, None] + g_obj[None, xs]).ravel()
-            cc = (p_cost[:, None, :] + g_cost[None, xs, :]).reshape(-1, k)
+            cc = (p_cost[:, None, :] + g_cost[None, xs, :]).reshape(len(o), k)
             combos += len(o)
             fine = np.all(cc <= bud, axis=1) if k else np.ones(len(o), dtype=bool)
             if fine.any():

@@ -1,0 +1,186 @@
+"""The search's methods against brute force, the no-violation re-check, infeasible limits, co-design."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from nnflash.calibration import make_model
+from nnflash.calibration.synthetic import DEFAULT_TRUTH, known_roofline, synthetic_energy, synthetic_latency
+from nnflash.models.space import CellRange, Space, get_space
+from nnflash.search import (
+    Deployment,
+    Infeasible,
+    Limits,
+    Objective,
+    SearchError,
+    build_tables,
+    meets,
+    pareto_front,
+    recheck,
+    search,
+)
+from nnflash.search.evaluator import CellEvaluator, network_costs
+from nnflash.search.exact import cell_configs
+
+# small enough to enumerate (18,944 networks); widths below the SIMD block and not multiples of 4,
+# caps of every residue modulo 4
+TINY = Space(
+    "tiny",
+    (
+        CellRange((2, 3, 4), (2, 4, 6), 6),
+        CellRange((2, 3, 4), (3, 8), 9),
+        CellRange((2, 3), (5, 8), 7),
+    ),
+    input_shape=(1, 12, 12),
+)
+NND = Objective.parse("nn-degree")
+
+
+def _energy_deployment(space: Space, name: str = "") -> Deployment:
+    specs = space.sample(30, seed=4)
+    y = synthetic_latency(specs, model=known_roofline(conv_algorithm="ort_nchwc8"))
+    energy = make_model("energy").fit(specs, synthetic_energy(specs, y), latency_ms=y)
+    return Deployment.from_model(energy, name=name)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> dict:
+    dep = _energy_deployment(TINY)
+    cfg = [cell_configs(TINY, c) for c in range(3)]
+    idx = np.array(list(itertools.product(*[range(len(c[0])) for c in cfg])))
+    d, w, t = (np.stack([cfg[c][k][idx[:, c]] for c in range(3)], axis=1) for k in range(3))
+    costs = network_costs(CellEvaluator(TINY, dep.latency_model, dep.energy_model), d, w, t)
+    return {"dep": dep, "tables": build_tables(TINY, [dep], NND), "costs": costs, "n": len(d)}
+
+
+def _brute_top(costs: dict, limits: Limits, k: int) -> np.ndarray:
+    ok = np.ones(len(costs["latency_ms"]), dtype=bool)
+    for name, value in limits.given().items():
+        ok &= costs[name[4:]] <= value
+    return np.sort(costs["nn_degree"][ok])[::-1][:k]
+
+
+def test_exact_matches_brute_force_on_an_enumerable_space(tiny: dict) -> None:
+    c = tiny["costs"]
+    assert tiny["n"] == TINY.count()
+    q = lambda key, p: float(np.quantile(c[key], p))  # noqa: E731
+    levels = [
+        Limits(max_latency_ms=q("latency_ms", 0.02)),
+        Limits(max_latency_ms=q("latency_ms", 0.4)),
+        Limits(max_latency_ms=q("latency_ms", 0.9), max_params=q("params", 0.3)),
+        Limits(max_energy_mj=q("energy_mj", 0.3)),
+        Limits(max_latency_ms=q("latency_ms", 0.6), max_peak_memory_mb=q("peak_memory_mb", 0.2)),
+        Limits(max_macs=q("macs", 0.5), max_params=q("params", 0.6)),
+        Limits(),
+    ]
+    for limits in levels:
+        result = search(TINY, [tiny["dep"]], NND, limits, method="exact", top_k=3, tables=tiny["tables"])
+        want = _brute_top(c, limits, 3)
+        np.testing.assert_allclose([d.objective for d in result.designs], want, rtol=1e-12, err_msg=str(limits))
+
+
+def test_exact_front_matches_brute_force(tiny: dict) -> None:
+    c = tiny["costs"]
+    front = pareto_front(TINY, [tiny["dep"]], NND, against="latency", tables=tiny["tables"])
+    # brute force: best objective at each latency, and the distinct steps of that staircase
+    order = np.argsort(c["latency_ms"], kind="stable")
+    best = np.maximum.accumulate(c["nn_degree"][order])
+    steps = np.unique(best)
+    assert [d.objective for d in front] == pytest.approx(list(steps))
+    lat = [d.latency_ms for d in front]
+    assert lat == sorted(lat)
+    for d in front:  # no design at most as fast is better
+        assert c["nn_degree"][c["latency_ms"] <= d.latency_ms * (1 + 1e-12)].max() == pytest.approx(d.objective)
+
+
+@pytest.mark.parametrize("method", ["exact", "shgo", "random"])
+def test_nothing_returned_violates_a_limit(method: str) -> None:
+    space = get_space("flash-fmnist")
+    dep = _energy_deployment(space)
+    tables = build_tables(space, [dep], NND)
+    lat = dep.latency_model.predict(space.sample(200, seed=9))
+    energy = dep.energy_model.predict(space.sample(200, seed=9))  # type: ignore[union-attr]
+    for limits in (
+        Limits(max_latency_ms=float(np.quantile(lat, 0.1)), max_params=60_000, max_peak_memory_mb=0.2),
+        Limits(max_latency_ms=float(np.quantile(lat, 0.5)), max_params=60_000),
+        Limits(max_energy_mj=float(np.quantile(energy, 0.3)), max_peak_memory_mb=0.2),
+    ):
+        result = search(space, [dep], NND, limits, method=method, top_k=2, margin=0.05, tables=tables)
+        assert result.designs
+        for design in result.designs:
+            margins = recheck(design.spec, dep, limits)  # the full cost models, from the spec alone
+            assert meets(margins, 0.05), (method, margins)
+            assert all(margins[k] >= 0.05 for k in ("max_latency_ms", "max_energy_mj") if k in margins)
+            assert design.margins == pytest.approx(margins)
+
+
+def test_shgo_and_random_against_the_exact_optimum() -> None:
+    space = get_space("flash-fmnist")
+    dep = Deployment.from_model(known_roofline(conv_algorithm="ort_nchwc16"))
+    tables = build_tables(space, [dep], NND)
+    lat = dep.latency_model.predict(space.sample(300, seed=2))
+    regrets = []
+    for limit in np.quantile(lat, [0.1, 0.3, 0.5, 0.7, 0.9]):
+        limits = Limits(max_latency_ms=float(limit))
+        best = search(space, [dep], NND, limits, method="exact", tables=tables).best.objective
+        shgo = search(space, [dep], NND, limits, method="shgo", tables=tables)
+        rand = search(space, [dep], NND, limits, method="random", tables=tables, evaluations=shgo.evaluations)
+        assert shgo.best.objective <= best + 1e-9 and rand.best.objective <= best + 1e-9
+        regrets.append((best - shgo.best.objective) / best)
+    assert max(regrets) <= 0.01
+
+
+def test_infeasible_limits_say_what_each_limit_can_reach(tiny: dict) -> None:
+    c = tiny["costs"]
+    params = float(np.quantile(c["params"], 0.2))
+    limits = Limits(max_latency_ms=float(c["latency_ms"].min()) * 0.5, max_params=params)
+    with pytest.raises(Infeasible) as info:
+        search(TINY, [tiny["dep"]], NND, limits, tables=tiny["tables"])
+    tight = info.value.tightest
+    assert tight["max_latency_ms"] == pytest.approx(c["latency_ms"][c["params"] <= params].min(), rel=1e-9)
+    assert tight["max_params"] is None  # no design is that fast whatever its size
+    msg = str(info.value)
+    assert "max_latency_ms" in msg and "tightest reachable" in msg and "max_params" in msg
+
+
+def test_co_design_chooses_the_deployment_with_the_network() -> None:
+    space = get_space("flash-fmnist")
+    slow_truth = dict(DEFAULT_TRUTH, gflops={k: v / 3 for k, v in DEFAULT_TRUTH["gflops"].items()})
+    fast = Deployment(known_roofline(conv_algorithm="ort_nchwc16"), runtime="onnxruntime", threads=2, precision="fp32")
+    slow = Deployment(known_roofline(slow_truth, conv_algorithm="ort_nchwc8"), runtime="onnxruntime", threads=1,
+                      precision="fp32")  # fmt: skip
+    limit = float(np.median(slow.latency_model.predict(space.sample(100, seed=1))))
+    limits = Limits(max_latency_ms=limit)
+    tables = build_tables(space, [slow, fast], NND)
+    both = search(space, [slow, fast], NND, limits, tables=tables)
+    each = {d.threads: search(space, [d], NND, limits).best.objective for d in (slow, fast)}
+    assert each[2] > each[1]  # the faster configuration affords a better network under the same limit
+    assert both.best.deployment is fast
+    assert both.best.objective == pytest.approx(each[2])
+    assert both.best.to_dict()["deployment"]["threads"] == 2
+
+
+def test_bad_requests_are_clear_errors(tiny: dict) -> None:
+    dep = tiny["dep"]
+    latency_only = Deployment.from_model(known_roofline(conv_algorithm="none"))
+    with pytest.raises(SearchError, match="method"):
+        search(TINY, [dep], NND, Limits(), method="annealing")
+    with pytest.raises(SearchError, match="predicts no energy"):
+        search(TINY, [latency_only], NND, Limits(max_energy_mj=1.0))
+    with pytest.raises(SearchError, match="area"):
+        search(TINY, [dep], NND, Limits(max_area_mm2=1.0))
+    with pytest.raises(SearchError, match="must be a positive"):
+        Limits(max_latency_ms=-1)
+    with pytest.raises(SearchError, match="unknown objective"):
+        Objective.parse("accuracy")
+    a = Deployment(dep.latency_model, device="pi3")
+    b = Deployment(dep.latency_model, device="pi4")
+    with pytest.raises(SearchError, match="several devices"):
+        search(TINY, [a, b], NND, Limits())
+    multi = make_model("roofline")  # any object of kind multi is refused before use
+    multi.kind = "multi"  # type: ignore[misc]
+    with pytest.raises(SearchError, match="re-rank"):
+        Objective.from_predictor(multi)
