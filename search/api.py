@@ -79,12 +79,13 @@ def default_margin(deployment: Deployment) -> float:
     """The relative safety margin that the latency model's cross-validation suggests: its 90th
     percentile of ``|predicted / measured - 1|`` when the metadata records one (``cv.p90``, a
     fraction), else ``1.645 * RMSPE`` (the 90th percentile of ``|e|`` for normal errors); 0 when the
-    model records no cross-validation."""
+    model records no cross-validation. Capped at 0.5: a model that far off needs more measurements,
+    not a search that keeps every design at a tenth of its limit."""
     meta = getattr(deployment.latency_model, "metadata_", {}) or {}
     cv = meta.get("cv") or {}
     p90 = cv.get("p90")
-    if isinstance(p90, (int, float)) and math.isfinite(p90) and 0 <= p90 < 1:
-        return float(p90)
+    if isinstance(p90, (int, float)) and math.isfinite(p90) and p90 >= 0:
+        return float(min(p90, 0.5))
     rmspe = cv.get("rmspe")
     if isinstance(rmspe, (int, float)) and math.isfinite(rmspe) and rmspe >= 0:
         return float(min(1.645 * rmspe / 100.0, 0.5))

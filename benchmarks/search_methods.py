@@ -1,0 +1,102 @@
+"""The search core's figures: exact against our hierarchical SHGO and random search, side by side.
+
+For one latency cost model and NN-Degree, over ``--levels`` latency limits spanning the space's
+latency range (quantiles 1%..99% of sampled networks) plus a few with a parameter limit too:
+the exact method's one-time table build, then per method the median and worst time per search,
+regret (objective below the exact optimum, as a share of it), the share of levels within 0.5%,
+the hit rate (exact optimum found) and violations (every design re-checked with the full model).
+``random`` gets as many full-network evaluations as shgo made at that level. At margin 0.
+
+    python benchmarks/search_methods.py --cost COST.json [--space flash] [--levels 50]
+
+(``benchmarks/search.py`` is the full comparison, Optuna included.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Optional
+
+import numpy as np
+
+from nnflash.calibration import load_model
+from nnflash.calibration.synthetic import known_roofline
+from nnflash.models.space import get_space
+from nnflash.search import (
+    Deployment,
+    Infeasible,
+    Limits,
+    Objective,
+    SearchResult,
+    build_tables,
+    meets,
+    recheck,
+    search,
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cost", help="a saved latency cost model (default: the synthetic roofline)")
+    ap.add_argument("--space", default="flash")
+    ap.add_argument("--levels", type=int, default=50)
+    ap.add_argument("--with-params", type=int, default=10, help="extra levels with a parameter limit too")
+    args = ap.parse_args()
+    space = get_space(args.space)
+    model = load_model(args.cost) if args.cost else known_roofline(conv_algorithm="ort_nchwc16")
+    dep = Deployment.from_model(model)
+    objective = Objective.parse("nn-degree")
+    t0 = time.perf_counter()
+    tables = build_tables(space, [dep], objective)
+    build_s = time.perf_counter() - t0
+    sample = space.sample(2000, seed=0)
+    lat = model.predict(sample)
+    params = np.array(
+        [
+            space.metrics(*(np.array([[getattr(c, k) for c in s.cells]]) for k in ("depth", "width", "tc")))["params"][
+                0
+            ]
+            for s in sample
+        ]
+    )  # noqa: E501
+    levels = [Limits(max_latency_ms=float(q)) for q in np.quantile(lat, np.linspace(0.01, 0.99, args.levels))]
+    rng = np.random.default_rng(1)
+    for q in rng.uniform(0.2, 0.95, args.with_params):
+        levels.append(Limits(max_latency_ms=float(np.quantile(lat, q)), max_params=float(np.quantile(params, q * 0.6))))
+    search(space, [dep], objective, levels[0], method="shgo", tables=tables)  # warm scipy's imports
+    rows: dict[str, dict[str, list[float]]] = {
+        m: {"time": [], "regret": [], "viol": []} for m in ("exact", "shgo", "random")
+    }
+    for limits in levels:
+        ex = search(space, [dep], objective, limits, method="exact", tables=tables)
+        sh = search(space, [dep], objective, limits, method="shgo", tables=tables)
+        t0 = time.perf_counter()
+        try:
+            ra: Optional[SearchResult] = search(
+                space, [dep], objective, limits, method="random", tables=tables, evaluations=sh.evaluations, seed=3
+            )
+        except Infeasible:  # none of its samples met the limits: no design, regret 100%
+            ra = None
+        ra_s = time.perf_counter() - t0
+        best = ex.best.objective
+        for name, r in (("exact", ex), ("shgo", sh), ("random", ra)):
+            rows[name]["time"].append(r.time_s if r is not None else ra_s)
+            rows[name]["regret"].append((best - r.best.objective) / best if r is not None else 1.0)
+            rows[name]["viol"].append(sum(not meets(recheck(d.spec, dep, limits)) for d in r.designs) if r else 0)
+    print(f"space {space.name} ({space.count():.3g} networks), cost model {args.cost or 'synthetic roofline'} "
+          f"({model.kind}, {getattr(model, 'conv_algorithm_', '')}), {len(levels)} limit levels, margin 0")  # fmt: skip
+    print(f"exact table build: {build_s:.2f} s")
+    head = ("method", "median s", "worst s", "regret med", "worst", "<=0.5%", "hit", "viol")
+    print("{:8} {:>9} {:>8} {:>10} {:>7} {:>7} {:>5} {:>5}".format(*head))
+    for name, r in rows.items():
+        reg = np.array(r["regret"])
+        print(
+            f"{name:8} {statistics.median(r['time']):9.3f} {max(r['time']):8.3f} {np.median(reg):10.4%} "
+            f"{reg.max():7.2%} {np.mean(reg <= 0.005):7.0%} {np.mean(reg <= 1e-12):5.0%} {int(sum(r['viol'])):5d}"
+        )
+
+
+if __name__ == "__main__":
+    main()
