@@ -46,12 +46,14 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
 
 from nnflash.models.errors import NnflashError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DatasetError(NnflashError, ValueError):
@@ -269,6 +271,8 @@ class Normalization:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """A uint8 (or float 0..255) batch ``(N, C, H, W)`` on any device -> normalized float32."""
+        import torch  # here, not at the top: reading a dataset's files needs no torch
+
         c = len(self.mean)
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=x.device).view(1, c, 1, 1)
         shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=x.device).view(1, c, 1, 1)
