@@ -104,6 +104,8 @@ def prune(obj: np.ndarray, cost: np.ndarray, layers: int) -> np.ndarray:
     lower bins (a staircase lookup on the first cost against each of the lower bins' ``layers``
     fronts: ``layers`` distinct dominators), and within its bin by the exact blockwise test."""
     n = len(obj)
+    if cost.shape[1] == 3 and n > 4 * _BLOCK:
+        return _prune_3(obj, cost, layers)
     if cost.shape[1] != 2 or n <= 4 * _BLOCK:
         return front_layers(obj, cost, layers)
     c1, c2 = cost[:, 0], cost[:, 1]
@@ -135,4 +137,65 @@ def prune(obj: np.ndarray, cost: np.ndarray, layers: int) -> np.ndarray:
                 st[left[nd]] = True
                 left = left[~nd]
             seen = seen[st]
+    return out
+
+
+_GRID = 24
+
+
+def _layer_points(idx: np.ndarray, obj: np.ndarray, c1: np.ndarray, layers: int) -> np.ndarray:
+    """The points of ``idx`` in the first ``layers`` 1-D fronts of ``(obj, c1)``."""
+    keep = np.zeros(len(idx), dtype=bool)
+    left = np.arange(len(idx))
+    for _ in range(layers):
+        if not len(left):
+            break
+        nd = _nondominated_1d(obj[idx[left]], c1[idx[left]])
+        keep[left[nd]] = True
+        left = left[~nd]
+    return idx[keep]
+
+
+def _prune_3(obj: np.ndarray, cost: np.ndarray, layers: int) -> np.ndarray:
+    """:func:`prune` for three costs: a grid over the second and third costs; a point can be
+    dominated across cells of the grid by points of cells strictly lower in both (a staircase
+    lookup on the first cost against the lower-left region's ``layers`` fronts, built by the
+    recurrence region(a, b) = region(a-1, b) + region(a, b-1) + cell(a-1, b-1)), and within its
+    cell by the exact blockwise test. Points dominated only from the same row or column stay."""
+    n = len(obj)
+    c1 = cost[:, 0]
+    bins = []
+    for j in (1, 2):
+        edges = np.unique(np.quantile(cost[:, j], np.linspace(0, 1, _GRID + 1)[1:-1]))
+        bins.append((np.searchsorted(edges, cost[:, j], side="right"), len(edges) + 1))
+    (ba, na), (bb, nb) = bins
+    cell_id = ba * nb + bb
+    order = np.argsort(cell_id, kind="stable")
+    bounds = np.searchsorted(cell_id[order], np.arange(na * nb + 1))
+    out = np.zeros(n, dtype=bool)
+    kept: dict[tuple[int, int], np.ndarray] = {}
+    region: dict[tuple[int, int], np.ndarray] = {}
+    empty = np.zeros(0, dtype=np.int64)
+    for a in range(na):
+        for b in range(nb):
+            # the fronts of the points strictly lower in both binned costs
+            parts = [region.get((a - 1, b), empty), region.get((a, b - 1), empty), kept.get((a - 1, b - 1), empty)]
+            reg = np.unique(np.concatenate(parts))
+            region[(a, b)] = _layer_points(reg, obj, c1, layers) if len(reg) else empty
+            sel = order[bounds[a * nb + b] : bounds[a * nb + b + 1]]
+            if not len(sel):
+                kept[(a, b)] = empty
+                continue
+            keep = front_layers(obj[sel], cost[sel], layers)
+            ref = region[(a, b)]
+            if len(ref):
+                stairs = _staircases(obj[ref], c1[ref], layers)
+                if len(stairs) == layers:
+                    dominated = np.ones(len(sel), dtype=bool)
+                    for sc1, sbest in stairs:
+                        pos = np.searchsorted(sc1, c1[sel], side="right") - 1
+                        dominated &= (pos >= 0) & (sbest[np.maximum(pos, 0)] >= obj[sel])
+                    keep &= ~dominated
+            kept[(a, b)] = sel[keep]
+            out[sel[keep]] = True
     return out
