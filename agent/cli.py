@@ -172,7 +172,14 @@ def _print_record(r: Dict[str, Any]) -> None:
     print(f"threads            {r.get('threads') if r.get('threads') is not None else 'default'}")
     print(f"load_ms            {r['load_ms']:.3f}")
     print(f"first_inference_ms {r['first_inference_ms']:.3f}")
+    if r.get("latency_ms") is not None:
+        print(f"latency_ms         {r['latency_ms']:.4f} (median of the undisturbed repeats)")
     print(f"latency_ms_median  {r['latency_ms_median']:.4f}")
+    d = r.get("disturbance") or {}
+    if d.get("repeat_disturbed") is not None:
+        seen = d.get("wait_share_max_seen")
+        longest = f" (longest wait, summed over threads: {seen:.1%} of a repeat)" if seen is not None else ""
+        print(f"disturbed repeats  {d.get('disturbed_repeats')} of {len(d['repeat_disturbed'])}{longest}")
     lo, hi = r["latency_ms_ci95"]
     print(f"latency_ms_ci95    [{lo:.4f}, {hi:.4f}]")
     print(f"latency_ms_mean    {r['latency_ms_mean']:.4f}")
@@ -233,7 +240,7 @@ def _cmd_measure(ns: argparse.Namespace) -> int:
     answer = _measure_file(path, ns.runtime, _measure_options(ns))
     if ns.json:
         print(json.dumps(answer, indent=2))
-    elif answer["status"] == OK:
+    elif isinstance(answer.get("result"), dict):  # ok, or disturbed (the figures come with it)
         _print_record(answer["result"])
     if answer["status"] != OK:
         sys.stderr.write(f"nnflash-agent: measure failed ({answer['status']}): {answer['error']}\n")
