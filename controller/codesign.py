@@ -20,12 +20,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from nnflash.calibration import load_model
-from nnflash.calibration.accuracy import AccuracyModel, load_accuracy_model
 from nnflash.controller.errors import ConfigError
 from nnflash.models.space import get_space
 from nnflash.search import (
@@ -38,6 +37,9 @@ from nnflash.search import (
     pareto_front,
     search,
 )
+
+if TYPE_CHECKING:  # the accuracy package imports torch (zero-cost proxies): only when a predictor is used
+    from nnflash.calibration.accuracy import AccuracyModel
 
 __all__ = [
     "SearchOutcome",
@@ -104,6 +106,8 @@ def load_objective(
         raise ConfigError("give either --accuracy ACC.json or --objective, not both")
     if accuracy_path is None:
         return Objective.parse(objective_name or "nn-degree"), None, None
+    from nnflash.calibration.accuracy import load_accuracy_model
+
     predictor = load_accuracy_model(accuracy_path)
     if predictor.kind == "multi":
         return Objective.parse("nn-degree"), Reranker(predictor, data_dir, db_path), predictor
@@ -121,11 +125,11 @@ def choose_space(
 ) -> Any:
     """``--space`` / ``--dataset`` (the dataset's default space with its classes), else the
     predictor's dataset, else the space every cost model was calibrated on, else ``flash``."""
-    from nnflash.controller.accuracy import dataset_space
-
     if dataset is None and space_name is None and predictor is not None:
         dataset = (predictor.metadata_ or {}).get("dataset")
     if dataset is not None:
+        from nnflash.controller.accuracy import dataset_space
+
         return dataset_space(dataset, space_name)
     if space_name is None:
         spaces = {

@@ -216,27 +216,32 @@ def _summary(outcome: Any, plot: Optional[Path], out_path: Optional[str], artifa
                 err(f"export of {a['spec_id']} to {a['format']} failed: {a['error']}")
 
 
+def _si(v: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.3g}"
+
+
 def _table(outcome: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{outcome.objective.name if not outcome.reranked_by else 'accuracy'} on {outcome.space.name}")
-    cols = ("#", "spec_id", "deployment", "objective", "latency ms", "energy mJ", "params", "MACs", "peak MB")
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("spec_id", "deployment") else "right")
+    console = Console()
+    if not console.is_terminal:  # piped: wide enough for every column
+        console = Console(width=max(console.width, 110))
+    energy = any(d.energy_mj is not None for d in outcome.designs)
+    name = "accuracy" if outcome.reranked_by else outcome.objective.name
+    t = Table(title=f"{len(outcome.designs)} design(s), {name}, space {outcome.space.name}")
+    cols = ["#", "spec_id", "deployment", name, "latency ms"] + (["energy mJ"] if energy else [])
+    for c in [*cols, "params", "MACs", "peak MB"]:
+        t.add_column(c, justify="left" if c in ("spec_id", "deployment") else "right", no_wrap=True)
     for i, d in enumerate(outcome.designs, 1):
-        t.add_row(
-            str(i),
-            d.spec_id,
-            d.deployment.label,
-            _fmt(d.objective, ".5g"),
-            _fmt(d.latency_ms, ".3f"),
-            _fmt(d.energy_mj, ".3f"),
-            f"{d.params:,}",
-            f"{d.macs:,}",
-            _fmt(d.peak_memory_mb, ".2f"),
-        )
-    Console().print(t)
+        cells = [str(i), d.spec_id, d.deployment.label, _fmt(d.objective, ".5g"), _fmt(d.latency_ms, ".3f")]
+        if energy:
+            cells.append(_fmt(d.energy_mj, ".3f"))
+        t.add_row(*cells, _si(d.params), _si(d.macs), _fmt(d.peak_memory_mb, ".2f"))
+    console.print(t)
 
 
 def register(cli: click.Group) -> None:
