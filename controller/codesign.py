@@ -216,7 +216,7 @@ def _suggested_margin(dep: Deployment) -> float:
         for key in ("cv", "energy_cv"):
             p90 = (meta.get(key) or {}).get("p90")
             if isinstance(p90, (int, float)) and math.isfinite(p90) and 0 <= p90 < 1:
-                out = max(out, float(p90))
+                out = max(out, min(float(p90), 0.5))  # the cap default_margin applies
     return out
 
 
