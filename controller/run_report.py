@@ -283,15 +283,27 @@ def write_run_report(result: LoopResult, path: str | Path, *, notes: Sequence[st
         f"<h1>Recommended networks for {esc(req.device.name)} ({esc(req.runtime)}, "
         f"{esc(', '.join(str(t) for t in req.threads))} thread(s), {esc(req.precision)})</h1>",
     ]
+    close = [v for v in final if v.prediction_error is not None and abs(v.prediction_error) <= req.tolerance]
+    left = [v for v in final if v.miss(req.tolerance)]
     lead = (
         f"{len(ok)} of {len(final)} recommended design(s) met their latency limit when measured on the device "
-        f"after {len(result.rounds)} round(s) of search and verification. Objective: {result.objective_note}."
+        f"after {len(result.rounds)} round(s) of search and verification; {len(close)} of {len(final)} were "
+        f"predicted within +-{req.tolerance:.0%}."
+        + (
+            f" The loop stopped at its round limit with {len(left)} design(s) still off or over their limit "
+            "(not refitted): rerun, or calibrate on a quieter device."
+            if left
+            else ""
+        )
+        + f" Objective: {result.objective_note}."
     )
     parts.append(f"<div class='answer'><p><b>The answer.</b> {esc(lead)}</p>")
+    energy = any(v.design.energy_mj is not None or v.measured_mj is not None for v in final)
     parts.append(
         "<table><tr><th>latency limit ms</th><th class='l'>spec</th><th class='l'>deployment</th>"
         f"<th>{esc(acc_name)}</th><th>predicted ms</th><th>measured ms</th><th>error</th><th>meets limit</th>"
-        "<th>predicted mJ</th><th>measured mJ</th><th>params</th><th>MACs</th><th>NN-Mass</th><th>NN-Degree</th>"
+        + ("<th>predicted mJ</th><th>measured mJ</th>" if energy else "")
+        + "<th>params</th><th>MACs</th><th>NN-Mass</th><th>NN-Degree</th>"
         "<th class='l'>files</th></tr>"
     )
     for v in final:
@@ -304,8 +316,8 @@ def write_run_report(result: LoopResult, path: str | Path, *, notes: Sequence[st
             f"<td class='l'>{esc(v.design.deployment.label)}</td><td>{_objective_cell(v)}</td>"
             f"<td>{_fmt(v.design.latency_ms)}</td><td>{_fmt(v.measured_ms, '.3f', esc(v.status))}</td>"
             f"<td>{_fmt(err, '+.1%')}</td><td class='{cls}'>{'-' if meets is None else ('yes' if meets else 'NO')}</td>"
-            f"<td>{_fmt(v.design.energy_mj)}</td><td>{_fmt(v.measured_mj)}</td>"
-            f"<td>{v.design.params:,}</td><td>{v.design.macs:,}</td><td>{m['nn_mass']:.1f}</td>"
+            + (f"<td>{_fmt(v.design.energy_mj)}</td><td>{_fmt(v.measured_mj)}</td>" if energy else "")
+            + f"<td>{v.design.params:,}</td><td>{v.design.macs:,}</td><td>{m['nn_mass']:.1f}</td>"
             f"<td>{m['nn_degree']:.1f}</td>"
             f"<td class='l'>{'<br>'.join(_file_cell(f, out.parent) for f in v.files) or '-'}</td></tr>"
         )

@@ -437,6 +437,7 @@ def _save_model(
     with ResultsDB(req.db_path, readonly=True) as db:
         facts = db.latest_device_facts(req.device.name)
     tname = f"{threads}t" if threads is not None else "default"
+    Path(req.out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(req.out_dir) / f"cost-{req.device.name}-{req.runtime}-{tname}-{tag}.json"
     model.save(
         path,
@@ -521,6 +522,7 @@ def ensure_cost_model(
                     Path(req.out_dir) / f"cost-{req.device.name}-{req.runtime}-"
                     f"{threads if threads is not None else 'default'}t-reused.json"
                 )
+                Path(req.out_dir).mkdir(parents=True, exist_ok=True)
                 model.save(path)
                 return CostState(threads, model, model_id, path, "reused", spot)
         log(f"calibrate {key}: not reusing cost model #{model_id}: {rejected}")
