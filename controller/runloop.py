@@ -520,7 +520,7 @@ def ensure_cost_model(
                 )
                 path = str(
                     Path(req.out_dir) / f"cost-{req.device.name}-{req.runtime}-"
-                    f"{threads if threads is not None else 'default'}t-reused.json"
+                    f"{f'{threads}t' if threads is not None else 'default'}-reused.json"
                 )
                 Path(req.out_dir).mkdir(parents=True, exist_ok=True)
                 model.save(path)
