@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from typing import Optional
 
@@ -69,7 +70,8 @@ def main() -> None:
     rows: dict[str, dict[str, list[float]]] = {
         m: {"time": [], "regret": [], "viol": []} for m in ("exact", "shgo", "random")
     }
-    for limits in levels:
+    for i, limits in enumerate(levels):
+        print(f"level {i + 1}/{len(levels)}", file=sys.stderr, flush=True)
         ex = search(space, [dep], objective, limits, method="exact", tables=tables)
         sh = search(space, [dep], objective, limits, method="shgo", tables=tables)
         t0 = time.perf_counter()

@@ -313,7 +313,8 @@ def _last_level(groups: list[Any], bud: np.ndarray, layers: int) -> tuple[_Level
     cc = np.concatenate([f[1] for f in found])
     par = np.concatenate([f[2] for f in found])
     cf = np.concatenate([f[3] for f in found])
-    keep = np.flatnonzero(front_layers(o, cc, layers))
+    # complete designs: the best ``layers`` by objective (ties: the lowest first cost)
+    keep = np.lexsort((cc[:, 0] if k else np.zeros(len(o)), -o))[:layers]
     return _Level(o[keep], cc[keep], np.zeros(len(keep), np.int64), par[keep], cf[keep]), combos
 
 

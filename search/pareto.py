@@ -109,7 +109,8 @@ def prune(obj: np.ndarray, cost: np.ndarray, layers: int) -> np.ndarray:
     if cost.shape[1] != 2 or n <= 4 * _BLOCK:
         return front_layers(obj, cost, layers)
     c1, c2 = cost[:, 0], cost[:, 1]
-    edges = np.unique(np.quantile(c2, np.linspace(0, 1, _BINS + 1)[1:-1]))
+    nbins = max(_BINS, n // 256)  # bins of a few hundred points: the blockwise test is quadratic
+    edges = np.unique(np.quantile(c2, np.linspace(0, 1, nbins + 1)[1:-1]))
     b = np.searchsorted(edges, c2, side="right")  # lower bins have strictly lower c2
     out = np.zeros(n, dtype=bool)
     seen = np.zeros(0, dtype=np.int64)  # kept points of the lower bins
@@ -165,8 +166,9 @@ def _prune_3(obj: np.ndarray, cost: np.ndarray, layers: int) -> np.ndarray:
     n = len(obj)
     c1 = cost[:, 0]
     bins = []
+    grid = max(_GRID, int(np.sqrt(n / 256)))  # cells of a few hundred points
     for j in (1, 2):
-        edges = np.unique(np.quantile(cost[:, j], np.linspace(0, 1, _GRID + 1)[1:-1]))
+        edges = np.unique(np.quantile(cost[:, j], np.linspace(0, 1, grid + 1)[1:-1]))
         bins.append((np.searchsorted(edges, cost[:, j], side="right"), len(edges) + 1))
     (ba, na), (bb, nb) = bins
     cell_id = ba * nb + bb

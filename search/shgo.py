@@ -45,33 +45,47 @@ class _Inner:
     """The cell level for one deployment and one set of limits."""
 
     def __init__(self, table: Any, terms: list[np.ndarray], dims: list[str], budgets: dict[str, float],
-                 peak: Optional[float]) -> None:  # fmt: skip
+                 peak: Optional[float], cache: Optional[dict[Any, Any]] = None) -> None:  # fmt: skip
         self.cells = table.cells
         self.terms = terms
         self.dims = dims
         self.bud = np.array([budgets[d] for d in dims])
         self.k = len(dims)
         self.evaluations = 0
-        # per cell and entering state: the admissible configurations and their costs
-        self.cand: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
-        cheapest = np.zeros((len(self.cells), self.k))
-        for c, ct in enumerate(self.cells):
+        # per cell and entering state: the admissible configurations and their costs (sorted by
+        # objective, then first cost); they depend on the limited costs and the peak filter only,
+        # so they are cached with the tables across searches
+        key = ("shgo", id(table), tuple(dims), peak)
+        cached = cache.get(key) if cache is not None else None
+        if cached is None:
+            cached = self._candidates(table, terms, dims, peak)
+            if cache is not None:
+                cache[key] = cached
+        self.cand, cheapest = cached
+        self.cheapest = cheapest
+        self.slack = self.bud - cheapest.sum(axis=0) if self.k else np.zeros(0)
+
+    @staticmethod
+    def _candidates(table: Any, terms: list[np.ndarray], dims: list[str], peak: Optional[float]) -> tuple[Any, Any]:
+        k = len(dims)
+        cand = []
+        cheapest = np.zeros((len(table.cells), k))
+        for c, ct in enumerate(table.cells):
             rows = []
             for si in range(len(ct.in_states)):
                 ok = np.ones(ct.d.shape[0], dtype=bool)
                 if peak is not None:
                     ok &= ct.costs["peak_memory_mb"][si] <= peak
                 idx = np.flatnonzero(ok)
-                cost = np.stack([ct.costs[dn][si, idx] for dn in dims], axis=1) if self.k else np.zeros((len(idx), 0))
+                cost = np.stack([ct.costs[dn][si, idx] for dn in dims], axis=1) if k else np.zeros((len(idx), 0))
                 obj = terms[c][idx]
-                order = np.lexsort((cost[:, 0] if self.k else np.zeros(len(idx)), -obj))
+                order = np.lexsort((cost[:, 0] if k else np.zeros(len(idx)), -obj))
                 rows.append((idx[order], obj[order], cost[order]))
-            self.cand.append(rows)
-            if self.k:
+            cand.append(rows)
+            if k:
                 allc = [r[2].min(axis=0) for r in rows if len(r[0])]
                 cheapest[c] = np.min(allc, axis=0) if allc else np.inf
-        self.cheapest = cheapest
-        self.slack = self.bud - cheapest.sum(axis=0) if self.k else np.zeros(0)
+        return cand, cheapest
 
     def split(self, u: np.ndarray) -> np.ndarray:
         """Per-cell budgets ``(C, k)`` from the SHGO variables (stick breaking per limit)."""
@@ -172,7 +186,7 @@ def shgo_candidates(
     evaluations = 0
     for di, table in enumerate(tables.tables):
         terms = [tables.objective.direction * ct.metric[tables.objective.metric] for ct in table.cells]
-        inner = _Inner(table, terms, dims, budgets, peak)
+        inner = _Inner(table, terms, dims, budgets, peak, tables.extra)
         if inner.k and np.any(inner.slack < 0):
             evaluations += inner.evaluations
             continue
