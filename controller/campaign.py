@@ -38,6 +38,7 @@ Resuming and faults
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from nnflash.controller.errors import ProtocolViolation, RequestTimeout, TransportError
+from nnflash.controller.errors import ConfigError, ProtocolViolation, RequestTimeout, TransportError
 from nnflash.controller.inventory import Device
 from nnflash.controller.store import ResultsDB
 from nnflash.controller.transport.base import check_measure_response
@@ -59,6 +60,28 @@ from nnflash_agent.stats import visit_latency_of
 
 #: Numeric precisions a model can be deployed at (``int8``: TFLite's static int8 quantization).
 PRECISIONS = ("fp32", "int8")
+
+
+#: Sets the default of the disturbed gate's ``disturbed_share_max`` for every command of this
+#: controller (a share in 0..1, or ``off``: record the figures, never gate); ``--disturbed-share``
+#: still overrides it per command. Unset: the agent's default.
+DISTURBED_SHARE_ENV = "NNFLASH_DISTURBED_SHARE"
+
+
+def default_disturbed_share() -> Optional[float]:
+    """The gate's default: :data:`DISTURBED_SHARE_ENV` when set, else the agent's ``OPTION_DEFAULTS``."""
+    raw = os.environ.get(DISTURBED_SHARE_ENV, "").strip()
+    if not raw:
+        return OPTION_DEFAULTS["disturbed_share_max"]
+    if raw.lower() == "off":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{DISTURBED_SHARE_ENV}: expected a share between 0 and 1 or 'off', got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -85,7 +108,7 @@ class MeasureSettings:
     #: waited for a CPU more than this share of its time ...
     wait_share_max: float = OPTION_DEFAULTS["wait_share_max"]
     #: ... and a measurement when more than this share of its repeats were (None: never)
-    disturbed_share_max: Optional[float] = OPTION_DEFAULTS["disturbed_share_max"]
+    disturbed_share_max: Optional[float] = field(default_factory=default_disturbed_share)
     #: how much longer than ``timeout_s`` the controller waits for an answer before it declares the
     #: agent hung and restarts it (the agent enforces ``timeout_s`` itself on an isolated worker)
     answer_margin_s: float = 60.0

@@ -20,7 +20,6 @@ from nnflash.controller.commands.common import (
     precision_option,
 )
 from nnflash.controller.store import DEFAULT_DB_NAME
-from nnflash_agent.measure import OPTION_DEFAULTS
 from nnflash_agent.runners import RUNTIMES
 
 
@@ -121,7 +120,7 @@ def _profile(
     ends the calibration with a one-line error (what was measured is stored; a rerun resumes)."""
     from rich.console import Console
 
-    from nnflash.controller.campaign import MeasureSettings
+    from nnflash.controller.campaign import MeasureSettings, default_disturbed_share
     from nnflash.controller.commands.campaign_view import ProgressView
     from nnflash.controller.commands.common import (
         artifacts_dir_for,
@@ -141,7 +140,7 @@ def _profile(
         energy=energy,
         precision=precision,
         affinity=affinity,
-        disturbed_share_max=OPTION_DEFAULTS["disturbed_share_max"] if disturbed_share is None else disturbed_share,
+        disturbed_share_max=default_disturbed_share() if disturbed_share is None else disturbed_share,
     )
     console = Console(stderr=True)
     done = profile_in_passes(

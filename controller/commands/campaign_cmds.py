@@ -144,7 +144,7 @@ def _settings(
     energy: str,
     precision: str = "fp32",
     affinity: Optional[str] = None,
-    disturbed_share: float = OPTION_DEFAULTS["disturbed_share_max"],
+    disturbed_share: Optional[float] = None,
 ) -> MeasureSettings:
     check_precision(runtime, precision)
     check_disturbed_share(disturbed_share)

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 import click
 
-from nnflash.controller.campaign import PRECISIONS
+from nnflash.controller.campaign import DISTURBED_SHARE_ENV, PRECISIONS, default_disturbed_share
 from nnflash.controller.errors import ConfigError
 from nnflash.controller.inventory import Device, Inventory, default_ssh_config_path, resolve_inventory_path
 from nnflash.controller.store import DEFAULT_DB_NAME
@@ -107,10 +107,11 @@ def disturbance_options(f: Any) -> Any:
     f = click.option(
         "--disturbed-share",
         type=float,
-        default=OPTION_DEFAULTS["disturbed_share_max"],
-        show_default=True,
+        default=default_disturbed_share,
+        show_default=f"{OPTION_DEFAULTS['disturbed_share_max']}, or ${DISTURBED_SHARE_ENV}",
         help="A measurement is stored as disturbed (and measured again later) when more than this share of "
-        "its repeats waited for a CPU; 1 keeps only throttling and stolen time as reasons.",
+        f"its repeats waited for a CPU; 1 keeps only throttling and stolen time as reasons; {DISTURBED_SHARE_ENV}"
+        "=off in the environment switches the gate off (figures still recorded).",
     )(f)
     return click.option(
         "--affinity",
@@ -133,6 +134,7 @@ def parse_affinity(text: Optional[str]) -> Optional[tuple[int, ...]]:
     return cpus
 
 
-def check_disturbed_share(value: float) -> None:
-    if not 0.0 <= value <= 1.0:
+def check_disturbed_share(value: Optional[float]) -> None:
+    """None (the gate off, from the environment) passes; a share must lie in 0..1."""
+    if value is not None and not 0.0 <= value <= 1.0:
         raise ConfigError(f"--disturbed-share: must be between 0 and 1, got {value}")

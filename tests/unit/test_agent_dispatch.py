@@ -142,6 +142,7 @@ def test_measure_in_process_and_journal(agent, tmp_path):
         "threads": 1,
         "energy": "estimate",
         "energy_idle_s": 0.1,
+        "disturbed_share_max": None,  # about dispatch and the journal, not a quiet machine
     }
     r = ask(agent, "measure", args, rid="m-1")
     assert r["status"] == "ok", r
