@@ -198,7 +198,9 @@ def one_hot(specs: list[Nb201Spec]) -> np.ndarray:
     return x
 
 
-def bench_accuracy(specs: list[Nb201Spec], acc: np.ndarray, out: dict[str, Any]) -> None:
+def bench_accuracy(
+    specs: list[Nb201Spec], acc: np.ndarray, out: dict[str, Any], synflow_sample: int = SYNFLOW_SAMPLE
+) -> None:
     from sklearn.ensemble import RandomForestRegressor
 
     index = {s.spec_id: i for i, s in enumerate(specs)}
@@ -207,9 +209,9 @@ def bench_accuracy(specs: list[Nb201Spec], acc: np.ndarray, out: dict[str, Any])
     y25 = acc[train]
     print(f"  25 selected: accuracy {100 * y25.min():.1f}..{100 * y25.max():.1f}%", file=sys.stderr, flush=True)
     rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(len(specs), SYNFLOW_SAMPLE, replace=False))
+    sample = np.sort(rng.choice(len(specs), synflow_sample, replace=False))
     t0 = time.perf_counter()
-    need = sorted(set(sample.tolist()) | set(train.tolist()))
+    need = sorted(set(sample.tolist()) | set(train.tolist())) if synflow_sample else []
     syn = {i: synflow(specs[i]) for i in need}
     print(f"  synflow on {len(need)} networks: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
@@ -228,17 +230,20 @@ def bench_accuracy(specs: list[Nb201Spec], acc: np.ndarray, out: dict[str, Any])
     preds_all["random forest, one-hot edges (25)"] = rf.predict(one_hot(specs))
     preds_all["params (no training)"] = params
     preds_all["FLOPs (no training)"] = macs
-    multi = make_accuracy_model("multi").fit([specs[i] for i in train], y25, proxies=proxies(train))
     preds_sample = {k: v[sample] for k, v in preds_all.items()}
-    preds_sample["multi: structure + synflow (25)"] = np.asarray(
-        multi.predict([specs[i] for i in sample], proxies=proxies(sample)), float
-    )
-    preds_sample["synflow (no training)"] = np.array([syn[int(i)] for i in sample])
+    if synflow_sample:
+        multi = make_accuracy_model("multi").fit([specs[i] for i in train], y25, proxies=proxies(train))
+        preds_sample["multi: structure + synflow (25)"] = np.asarray(
+            multi.predict([specs[i] for i in sample], proxies=proxies(sample)), float
+        )
+        preds_sample["synflow (no training)"] = np.array([syn[int(i)] for i in sample])
     rows_all = {k: rank_metrics(acc, v) for k, v in preds_all.items()}
     rows_sample = {k: rank_metrics(acc[sample], v) for k, v in preds_sample.items()}
     out["accuracy"] = {"all": rows_all, "sample": rows_sample, "train_spec_ids": [s.spec_id for s in chosen]}
     keys = ["spearman", "kendall", "top1_recall"]
-    for title, rows in (("all 15,625", rows_all), (f"uniform sample of {SYNFLOW_SAMPLE}", rows_sample)):
+    for title, rows in (("all 15,625", rows_all), (f"uniform sample of {synflow_sample}", rows_sample)):
+        if not rows or not len(sample):
+            continue
         print(f"\n### 2. Accuracy (CIFAR-10, 200 epochs) from 25 trainings: {title}\n")
         print("| predictor | Spearman | Kendall | top-1% recall | n |")
         print("|---|---|---|---|---|")
@@ -251,6 +256,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=None, help="Also write the figures as JSON.")
     ap.add_argument("--only", choices=["latency", "accuracy"], default=None, help="Run one of the two parts.")
+    ap.add_argument("--synflow-sample", type=int, default=SYNFLOW_SAMPLE, help="Networks to run synflow on (0: none).")
     ap.add_argument(
         "--config", action="append", default=None, help="Latency: MODEL:BUDGET (repeatable; default: all five)."
     )
@@ -266,7 +272,7 @@ def main() -> None:
     if args.only in (None, "latency"):
         bench_latency(specs, lat, out, configs)
     if args.only in (None, "accuracy"):
-        bench_accuracy(specs, acc, out)
+        bench_accuracy(specs, acc, out, args.synflow_sample)
     if args.only is None:
         print("\n### 3. Search against the answer key: not run (nnflash search works on dense-family spaces only)")
     print(f"\n(total {time.perf_counter() - t0:.0f} s)")
