@@ -237,3 +237,18 @@ def test_other_methods_return_designs_within_the_limits(tmp_path: Path, method: 
     rows = _lines(stdout)
     assert rows and all(r["latency_ms"] <= limit * 0.96 + 1e-9 for r in rows)
     assert f"{method}: {len(rows)} design(s)" in err
+
+
+def test_nn_mass_objective(tmp_path: Path) -> None:
+    cost = _cost(tmp_path, "c.json")
+    lo, hi = _latency_range(cost)
+    code, stdout, err = _run(
+        "--cost", cost, "--max-latency-ms", f"{lo + 0.3 * (hi - lo)}", "--objective", "nn-mass", "--json"
+    )
+    assert code == 0, err
+    (row,) = _lines(stdout)
+    from nnflash.models.metrics import compute_metrics
+    from nnflash.models.spec import parse_spec
+
+    assert row["objective"]["name"] == "nn-mass"
+    assert row["objective"]["value"] == pytest.approx(compute_metrics(parse_spec(row["spec"]))["nn_mass"], rel=1e-9)
