@@ -18,7 +18,7 @@ from nnflash.calibration.accuracy import make_accuracy_model
 from nnflash.calibration.synthetic import synthetic_energy, synthetic_latency
 from nnflash.controller.cli import cli
 from nnflash.models.space import get_space
-from nnflash.models.spec import load_specs_jsonl
+from nnflash.models.spec import load_specs_jsonl, spec_of_line
 
 SPACE = "flash-fmnist"  # the smaller space: exact tables build fastest
 SPECS = get_space(SPACE).sample(24, seed=7)
@@ -252,3 +252,40 @@ def test_nn_mass_objective(tmp_path: Path) -> None:
 
     assert row["objective"]["name"] == "nn-mass"
     assert row["objective"]["value"] == pytest.approx(compute_metrics(parse_spec(row["spec"]))["nn_mass"], rel=1e-9)
+
+
+def test_export_carries_the_weights_nnflash_train_stored(tmp_path: Path) -> None:
+    """The chosen design is trained (briefly, on generated 28x28 images, through the engine behind
+    `nnflash train`); a second search exports it with those weights."""
+    import numpy as np
+    import torch
+
+    from nnflash.controller.training import run_trainings
+    from nnflash.models.datasets import Dataset
+    from nnflash.models.training_protocol import TrainingProtocol
+
+    cost = _cost(tmp_path, "c.json")
+    lo, hi = _latency_range(cost)
+    args = ["--cost", cost, "--max-latency-ms", f"{lo + 0.02 * (hi - lo)}", "--json"]
+    code, stdout, err = _run(*args)
+    assert code == 0, err
+    (row,) = _lines(stdout)
+    spec = spec_of_line(row)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 200)
+    x = (rng.integers(0, 60, (200, 1, 28, 28)) + (y[:, None, None, None] * 19)).astype(np.uint8)
+    data = Dataset.from_arrays("gen28", x[:160], y[:160], x[160:], y[160:], num_classes=10, val_size=32)
+    proto = TrainingProtocol(name="tiny", train_size=128, epochs=1, batch_size=32, lr=0.05, schedule="linear")
+    db = tmp_path / "r.db"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_trainings([spec], data, proto, 0, db, torch_device="cpu").ok == 1
+    finally:
+        torch.set_num_threads(before)
+    code, stdout, err = _run(*args, "--export", str(tmp_path / "found"), "--db", str(db))
+    assert code == 0, err
+    (art,) = _lines(stdout)[0]["artifacts"]
+    assert art["weights"]["dataset"] == "gen28" and "1 with trained weights" in err
+    side = json.loads(Path(art["path"] + ".json").read_text())
+    assert side["weights_sha256"] is not None and side["max_rel_err"] <= 1e-4
