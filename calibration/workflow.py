@@ -118,6 +118,24 @@ def fit_measurements(
     )
 
 
+def _why_not_ok(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the stored rows say about the models that did not measure ``ok`` (for an error)."""
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+    statuses.pop("ok", None)
+    if not statuses:
+        return ""
+    text = " (not ok: " + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items())) + ")"
+    if "disturbed" in statuses:
+        text += (
+            "; disturbed means other processes competed for the device's CPUs while it measured: "
+            "run again when it is quieter (disturbed models are measured again), or accept a busier "
+            "device with a higher --disturbed-share"
+        )
+    return text
+
+
 def calibrate(
     candidates: Sequence[Any],
     budget: int,
@@ -141,7 +159,7 @@ def calibrate(
     for r, k in enumerate(steps[1:]):
         specs, lat, _, _ = usable_rows(by_id, rows)
         if len(specs) < make_model(model).min_samples:
-            raise CostModelError(f"too few successful measurements to continue: {len(specs)}")
+            raise CostModelError(f"too few successful measurements to continue: {len(specs)}{_why_not_ok(rows)}")
         measured = {s.spec_id for s in specs} | {str(x.get("spec_id")) for x in rows}
         rest = [s for s in cands if s.spec_id not in measured]
         pick = most_uncertain(lambda: make_model(model), specs, lat, rest, k, seed=seed + 1 + r)

@@ -27,8 +27,10 @@ Resuming and faults
   figures, never as ``ok``, and the model is measured again **later**: it goes to the back of the
   device's queue and waits ``disturbed_backoff_s`` (doubling with each attempt) so the disturbance
   can pass, up to ``max_disturbed`` disturbed attempts per model and visit. Disturbed attempts do
-  not count as failures; a model still disturbed after them is reported (``still_disturbed``) and
-  a rerun tries it again only once the limit is raised.
+  not count as failures; a model still disturbed after them is reported (``still_disturbed``).
+  The limit is per run: a rerun (a quieter moment, one hopes) measures such a model again, with
+  ``max_disturbed`` fresh attempts (``retried_disturbed`` counts them), unlike failures, whose
+  limit holds across runs.
 - An agent that breaks the protocol (garbage, an over-long line, answers to requests never sent, a
   malformed measurement: :class:`~nnflash.controller.errors.ProtocolViolation`) fails its device at
   once with the reason (``DeviceReport.error``); nothing it sent is stored, the other devices go on.
@@ -159,8 +161,10 @@ class DeviceReport:
     gave_up: int = 0
     #: disturbed measurements stored (each was measured again, up to the limit)
     disturbed: int = 0
-    #: models left disturbed: their last allowed attempt was disturbed too (or an earlier run's was)
+    #: models left disturbed: their last allowed attempt in this run was disturbed too
     still_disturbed: int = 0
+    #: planned models whose earlier runs left them disturbed (measured again in this run)
+    retried_disturbed: int = 0
     reconnects: int = 0
     busy_s: float = 0.0
     wall_s: float = 0.0
@@ -319,11 +323,13 @@ class Campaign:
                     rep.skipped += 1
                 elif fails.get(sid, 0) >= self.max_attempts:
                     rep.gave_up += 1
-                elif disturbed.get(sid, 0) >= self.max_disturbed:
-                    rep.still_disturbed += 1
                 else:
+                    # disturbed attempts are counted per run: a disturbance passes, so a rerun (a
+                    # quieter moment) gets max_disturbed fresh attempts; earlier ones are kept as rows
                     lst.append(sid)
-                    self._disturbed[(dev.name, sid)] = disturbed.get(sid, 0)
+                    self._disturbed[(dev.name, sid)] = 0
+                    if disturbed.get(sid, 0):
+                        rep.retried_disturbed += 1
             rep.planned = len(lst)
             self.result.devices[dev.name] = rep
             todo[dev.name] = lst

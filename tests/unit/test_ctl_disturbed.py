@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from nnflash.calibration.workflow import usable_rows
@@ -132,7 +133,7 @@ def test_a_disturbed_model_is_measured_again_later_and_only_ok_is_a_latency(tmp_
     assert report_rows[a]["latency_ms"] == 1.1 and report_rows[a]["visits"] == 1
 
 
-def test_attempts_are_bounded_and_a_rerun_respects_them(tmp_path: Path) -> None:
+def test_attempts_are_bounded_per_run_and_a_rerun_tries_again(tmp_path: Path) -> None:
     a = SPECS[0].spec_id
     device = _Device({a: 99})
     with ResultsDB(tmp_path / "n.db") as store:
@@ -140,12 +141,15 @@ def test_attempts_are_bounded_and_a_rerun_respects_them(tmp_path: Path) -> None:
         rep = result.devices["fake"]
         assert (rep.ok, rep.disturbed, rep.still_disturbed) == (2, 2, 1)
         assert [sid for sid, _, _ in device.log].count(a) == 2
-        again = _campaign(tmp_path, store, device, max_disturbed=2)
-        assert again.plan() == {"fake": []} and again.result.devices["fake"].still_disturbed == 1
-        more = _campaign(tmp_path, store, device, max_disturbed=3)
-        assert more.plan() == {"fake": [a]}  # a higher limit tries it once more
         assert "1 visit(s) of a model have no undisturbed" in disturbance_note(store)
         assert a not in {r["spec_id"] for r in collect(store)}
+        # a disturbance passes: the rerun (a quieter moment) gets max_disturbed fresh attempts
+        again = _campaign(tmp_path, store, device, max_disturbed=2, disturbed_backoff_s=0.0)
+        assert again.plan() == {"fake": [a]} and again.result.devices["fake"].retried_disturbed == 1
+        rep2 = again.run().devices["fake"]
+        assert (rep2.disturbed, rep2.still_disturbed) == (2, 1)
+        assert [sid for sid, _, _ in device.log].count(a) == 4
+        assert store.disturbed_counts("fake", "onnxruntime", 1) == {a: 4}  # every attempt kept
 
 
 def test_results_shows_how_many_were_disturbed(tmp_path: Path) -> None:
@@ -176,3 +180,20 @@ def test_profile_gate_options_are_checked(tmp_path: Path) -> None:
         res = CliRunner().invoke(cli, ["profile", str(specs), "--db", str(tmp_path / "n.db"), *bad])
         assert res.exit_code == 2 and words in res.output, res.output
         assert not (tmp_path / "n.db").exists()
+
+
+def test_calibration_stopped_by_disturbance_says_why() -> None:
+    from nnflash.calibration.errors import CostModelError
+    from nnflash.calibration.workflow import calibrate
+    from nnflash.models.space import get_space
+
+    cands = get_space("flash").sample(40, seed=3)
+
+    def profile(specs: list[Any]) -> list[dict[str, Any]]:  # a device too busy for any ok visit
+        return [{"spec_id": s.spec_id, "status": "disturbed", "latency_ms": 1.0} for s in specs]
+
+    with pytest.raises(CostModelError) as ei:
+        calibrate(cands, 20, profile, model="linear")
+    msg = str(ei.value)
+    assert "too few successful measurements to continue: 0" in msg and "disturbed" in msg
+    assert "--disturbed-share" in msg and "\n" not in msg
