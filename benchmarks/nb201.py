@@ -238,11 +238,11 @@ def bench_accuracy(
         )
         preds_sample["synflow (no training)"] = np.array([syn[int(i)] for i in sample])
     rows_all = {k: rank_metrics(acc, v) for k, v in preds_all.items()}
-    rows_sample = {k: rank_metrics(acc[sample], v) for k, v in preds_sample.items()}
+    rows_sample = {k: rank_metrics(acc[sample], v) for k, v in preds_sample.items()} if len(sample) else {}
     out["accuracy"] = {"all": rows_all, "sample": rows_sample, "train_spec_ids": [s.spec_id for s in chosen]}
     keys = ["spearman", "kendall", "top1_recall"]
     for title, rows in (("all 15,625", rows_all), (f"uniform sample of {synflow_sample}", rows_sample)):
-        if not rows or not len(sample):
+        if rows is rows_sample and not len(sample):
             continue
         print(f"\n### 2. Accuracy (CIFAR-10, 200 epochs) from 25 trainings: {title}\n")
         print("| predictor | Spearman | Kendall | top-1% recall | n |")
