@@ -39,6 +39,8 @@ SAMPLES = 64
 #: Full-network evaluations of one shgo search of one deployment, about (the random method's
 #: default budget per deployment); the exact count is reported by each search.
 DEFAULT_EVALUATIONS = 100
+#: Better configurations of a cell the repair tries on the whole network, best first.
+_POLISH_TRIES = 8
 
 
 class _Inner:
@@ -51,6 +53,7 @@ class _Inner:
         self.dims = dims
         self.bud = np.array([budgets[d] for d in dims])
         self.k = len(dims)
+        self.peak = peak
         self.evaluations = 0
         # per cell and entering state: the admissible configurations and their costs (sorted by
         # objective, then first cost); they depend on the limited costs and the peak filter only,
@@ -142,6 +145,8 @@ class _Inner:
             obj += float(self.terms[c][x])
             for j, dn in enumerate(self.dims):
                 cost[j] += ct.costs[dn][si, x]
+            if self.peak is not None and ct.costs["peak_memory_mb"][si, x] > self.peak:
+                obj = -np.inf  # a changed entering state can break the memory filter
             si = int(ct.out_state[x])
         return obj, cost, states
 
@@ -149,7 +154,7 @@ class _Inner:
         """Repair by coordinate ascent: re-choose each cell with the others fixed and the whole
         remaining budget, until no cell improves."""
         best_obj, cost, _ = self.network(cfgs)
-        if self.k and np.any(cost > self.bud):
+        if not np.isfinite(best_obj) or (self.k and np.any(cost > self.bud)):
             return -np.inf, cfgs
         improved = True
         while improved:
@@ -161,16 +166,17 @@ class _Inner:
                 x_old = cfgs[c]
                 own = np.array([self.cells[c].costs[dn][si, x_old] for dn in self.dims]) if self.k else np.zeros(0)
                 room = self.bud - (cost - own)
-                # candidates that leave the next cell's entering state unchanged keep the rest exact
-                same = self.cells[c].out_state[idx] == self.cells[c].out_state[x_old]
-                fits = same & (np.all(ccost <= room, axis=1) if self.k else True)
+                # better configurations that fit the room on their own costs; one that changes the
+                # state the next cell sees is checked on the whole network
+                fits = np.all(ccost <= room, axis=1) if self.k else np.ones(len(idx), dtype=bool)
                 hit = np.flatnonzero(fits & (obj > self.terms[c][x_old] + 1e-12))
-                if len(hit):
+                for h in hit[:_POLISH_TRIES]:
                     trial = list(cfgs)
-                    trial[c] = int(idx[hit[0]])
+                    trial[c] = int(idx[h])
                     o2, c2, _ = self.network(trial)
-                    if (not self.k or np.all(c2 <= self.bud)) and o2 > best_obj:
+                    if (not self.k or np.all(c2 <= self.bud)) and o2 > best_obj:  # -inf: peak missed
                         cfgs, best_obj, cost, improved = trial, o2, c2, True
+                        break
         return best_obj, cfgs
 
 
@@ -215,7 +221,7 @@ def shgo_candidates(
                 options={"minimize_every_iter": False},
             )
         # repair: polish the best few designs SHGO saw
-        starts = sorted(seen.items(), key=lambda kv: -kv[1])[: max(3, top_k)]
+        starts = sorted(seen.items(), key=lambda kv: -kv[1])[: max(5, top_k)]
         for cfg, _ in starts:
             obj, cfgs = inner.polish(list(cfg))
             if np.isfinite(obj):
