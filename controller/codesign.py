@@ -371,3 +371,93 @@ def export_designs(
             row["weights"] = tw.to_dict() if tw is not None else None
             rows.append(row)
     return rows
+
+
+# ------------------------------------------------------------------------------- accelerator
+
+
+@dataclass(frozen=True)
+class AcceleratorOutcome:
+    """``nnflash search --accelerator``: the best (network, accelerator configuration) pairs."""
+
+    lines: list[dict[str, Any]]
+    space: Any
+    objective: Objective
+    evaluated: int
+    feasible: int
+    time_s: float
+    knobs: dict[str, list[Any]]
+    min_adc_bits: int
+    samples: int
+
+
+def run_accelerator_search(
+    accel_path: str,
+    limits: Limits,
+    *,
+    objective_name: Optional[str] = None,
+    accuracy_path: Optional[str] = None,
+    space_name: Optional[str] = None,
+    dataset: Optional[str] = None,
+    top_k: int = 1,
+    samples: int = 20_000,
+    min_adc_bits: int = 5,
+    seed: int = 0,
+) -> AcceleratorOutcome:
+    """Network and in-memory-computing accelerator searched together
+    (:func:`nnflash.search.accelerator.codesign`) from an ``ACCEL.json`` (parameters and knob
+    ranges); one JSON-ready line per design in ``nnflash search``'s format, ``deployment`` holding
+    the accelerator's searched knobs and fixed parameters."""
+    import json
+
+    from nnflash.calibration.imc_model import parse_accelerator
+    from nnflash.search.accelerator import codesign
+    from nnflash.search.memory import peak_memory_mb
+
+    if top_k < 1:
+        raise ConfigError(f"--top: must be a positive integer, got {top_k}")
+    if samples < 1:
+        raise ConfigError(f"--samples: must be a positive integer, got {samples}")
+    p = Path(accel_path)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--accelerator {p}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ConfigError(f"--accelerator {p}: not a readable JSON file ({type(e).__name__})") from None
+    accel = parse_accelerator(obj, source=str(p))
+    objective, reranker, predictor = load_objective(objective_name, accuracy_path)
+    if reranker is not None:
+        raise ConfigError("--accelerator: a multi predictor cannot rank accelerator designs; use flash or nnmass")
+    space = choose_space(space_name, dataset, [], predictor)
+    _check_predictor_space(predictor, space)
+    res = codesign(space, accel, objective, limits, samples=samples, seed=seed, min_adc_bits=min_adc_bits, top=top_k)
+    lines = []
+    for d in res.designs:
+        costs = {
+            "max_area_mm2": d.area_mm2,
+            "max_latency_ms": d.latency_ms,
+            "max_energy_mj": d.energy_mj,
+            "max_params": d.params,
+            "max_macs": d.macs,
+        }
+        margins = {k: 1.0 - costs[k] / v for k, v in limits.given().items() if k in costs and v}
+        lines.append(
+            {
+                "spec": d.spec.to_dict(),
+                "spec_id": d.spec.spec_id,
+                "deployment": {"accelerator": "imc", "knobs": dict(d.hardware), "params": dict(accel.params)},
+                "objective": {"name": objective.name, "value": d.objective},
+                "accuracy": d.objective if objective.predictor is not None else None,
+                "latency_ms": d.latency_ms,
+                "energy_mj": d.energy_mj,
+                "params": d.params,
+                "macs": d.macs,
+                "peak_memory_mb": peak_memory_mb(d.spec),
+                "area_mm2": d.area_mm2,
+                "margins": margins,
+            }
+        )
+    return AcceleratorOutcome(
+        lines, space, objective, res.evaluated, res.feasible, res.seconds, res.knobs, min_adc_bits, samples
+    )

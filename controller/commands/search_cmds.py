@@ -37,10 +37,32 @@ def _line(design: Any, artifacts: Optional[list[dict[str, Any]]]) -> dict[str, A
     "--cost",
     "cost_paths",
     multiple=True,
-    required=True,
     type=click.Path(dir_okay=False),
     help="Cost model (JSON from `nnflash calibrate`); repeat it for several deployments of one device "
     "(runtimes, threads, precisions): the search chooses among them.",
+)
+@click.option(
+    "--accelerator",
+    "accel_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Instead of --cost: co-design the network with an in-memory-computing accelerator described by "
+    "ACCEL.json (parameters and knob ranges; docs/accelerator.md), under --max-area-mm2, --max-latency-ms, "
+    "--max-energy-mj, --max-params, --max-macs.",
+)
+@click.option(
+    "--min-adc-bits",
+    type=int,
+    default=5,
+    show_default=True,
+    help="With --accelerator: the coarsest ADC allowed (the model does not know the accuracy a coarse ADC loses).",
+)
+@click.option(
+    "--samples",
+    type=int,
+    default=20_000,
+    show_default=True,
+    help="With --accelerator: networks sampled, each scored on every hardware configuration.",
 )
 @click.option("--dataset", default=None, help="Search the dataset's default space (with its classes).")
 @click.option("--space", "space_name", default=None, help="Search space (default: the cost models' own, else flash).")
@@ -102,6 +124,9 @@ def _line(design: Any, artifacts: Optional[list[dict[str, Any]]]) -> dict[str, A
 @db_option
 def search_cmd(
     cost_paths: tuple[str, ...],
+    accel_path: Optional[str],
+    min_adc_bits: int,
+    samples: int,
     dataset: Optional[str],
     space_name: Optional[str],
     accuracy_path: Optional[str],
@@ -135,9 +160,15 @@ def search_cmd(
       nnflash search --cost pi-ort1.json --cost pi-tflite-int8.json --max-latency-ms 20 --max-params 1e6
       nnflash search --cost pi.json --pareto --plot front.png --out front.jsonl
       nnflash search --cost pi.json --max-latency-ms 20 --export found/ --format onnx,tflite
+      nnflash search --accelerator accel.json --max-area-mm2 20 --top 3
     """
     from nnflash.controller.codesign import SearchRequest, export_designs, plot_front, run_search
     from nnflash.search import Limits
+
+    if bool(cost_paths) == bool(accel_path):
+        raise ConfigError("give --cost COST.json (a device's cost models) or --accelerator ACCEL.json, one of them")
+    if not accel_path and (min_adc_bits != 5 or samples != 20_000):
+        raise ConfigError("--min-adc-bits and --samples apply with --accelerator only")
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     if export_dir is None and formats != "onnx":
@@ -154,6 +185,26 @@ def search_cmd(
         max_peak_memory_mb=max_peak_memory_mb,
         max_area_mm2=max_area_mm2,
     )
+    if accel_path:
+        for flag, given in (
+            ("--pareto", pareto),
+            ("--export", export_dir is not None),
+            ("--margin", margin is not None),
+            ("--max-peak-memory-mb", max_peak_memory_mb is not None),
+            ("--method", method != "exact"),
+        ):
+            if given:
+                raise ConfigError(
+                    f"{flag} does not apply with --accelerator (export the designs with `nnflash export "
+                    "designs.jsonl`: it reads the search's lines)"
+                    if flag == "--export"
+                    else f"{flag} does not apply with --accelerator"
+                )
+        _accelerator(
+            accel_path, limits, objective_name, accuracy_path, space_name, dataset, top_k, samples, min_adc_bits,
+            seed, out_path, as_json,
+        )  # fmt: skip
+        return
     request = SearchRequest(
         cost_paths=tuple(cost_paths),
         limits=limits,
@@ -191,6 +242,83 @@ def search_cmd(
         _table(outcome)
     if artifacts is not None and any("error" in a for a in artifacts):
         sys.exit(1)
+
+
+def _accelerator(
+    accel_path: str,
+    limits: Any,
+    objective_name: Optional[str],
+    accuracy_path: Optional[str],
+    space_name: Optional[str],
+    dataset: Optional[str],
+    top_k: int,
+    samples: int,
+    min_adc_bits: int,
+    seed: int,
+    out_path: Optional[str],
+    as_json: bool,
+) -> None:
+    from nnflash.controller.codesign import run_accelerator_search
+
+    out = run_accelerator_search(
+        accel_path,
+        limits,
+        objective_name=objective_name,
+        accuracy_path=accuracy_path,
+        space_name=space_name,
+        dataset=dataset,
+        top_k=top_k,
+        samples=samples,
+        min_adc_bits=min_adc_bits,
+        seed=seed,
+    )
+    if out_path is not None:
+        from nnflash.controller.commands.models_cmds import write_jsonl_atomic
+
+        write_jsonl_atomic(out_path, (json.dumps(r, separators=(",", ":")) for r in out.lines))
+    knobs = ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in out.knobs.items())
+    click.echo(
+        f"accelerator co-design: {out.samples:,} networks of space {out.space.name} x hardware ({knobs}), "
+        f"ADC >= {out.min_adc_bits} bits: {out.evaluated:,} pairs scored, {out.feasible:,} feasible, "
+        f"in {out.time_s:.1f} s (sampled: good designs, not a proven optimum)",
+        err=True,
+    )
+    if out_path is not None:
+        click.echo(f"designs: {out_path}", err=True)
+    if as_json:
+        for r in out.lines:
+            emit_json(r)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 120))
+    t = Table(title=f"{len(out.lines)} design(s), {out.objective.name}, space {out.space.name}, IMC accelerator")
+    for c in ("#", "spec_id", "hardware", out.objective.name, "area mm2", "latency ms", "energy uJ", "params", "MACs"):
+        t.add_column(c, justify="left" if c in ("spec_id", "hardware") else "right", no_wrap=True)
+    for i, r in enumerate(out.lines, 1):
+        hw = _hardware(r["deployment"]["knobs"])
+        t.add_row(
+            str(i), r["spec_id"], hw, _fmt(r["objective"]["value"], ".5g"), _fmt(r["area_mm2"], ".2f"),
+            _fmt(r["latency_ms"], ".3f"), _fmt(1000 * r["energy_mj"], ".1f"), _si(r["params"]), _si(r["macs"]),
+        )  # fmt: skip
+    console.print(t)
+
+
+def _hardware(knobs: dict[str, Any]) -> str:
+    """``256x256 ADC 5b 2b/cell`` (and any other knob as key=value)."""
+    k = dict(knobs)
+    parts = []
+    if "subarray_rows" in k:
+        rows = k.pop("subarray_rows")
+        parts.append(f"{rows}x{k.pop('subarray_cols', rows)}")
+    if "adc_bits" in k:
+        parts.append(f"ADC {k.pop('adc_bits')}b")
+    if "cell_bits" in k:
+        parts.append(f"{k.pop('cell_bits')}b/cell")
+    return " ".join(parts + [f"{a}={b}" for a, b in k.items()])
 
 
 def _summary(outcome: Any, plot: Optional[Path], out_path: Optional[str], artifacts: Any) -> None:
