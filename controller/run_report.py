@@ -208,11 +208,20 @@ def _calibration_plot(result: LoopResult, st: CostState) -> tuple[str, str]:
             color="C3",
             label=f"recommended designs, predicted before measuring ({len(ver)})",
         )
-    spot = next((s.spot for s in result.initial_states if s.threads == st.threads and s.spot), None)
-    if spot is not None:
+    # the spot check predicted with the stored model: shown when that model was reused
+    checked = next((s for s in result.initial_states if s.threads == st.threads and s.source == "reused"), None)
+    if checked is not None and checked.spot is not None:
+        spot = checked.spot
         sp = [(m_, p_) for m_, p_ in zip(spot.measured_ms, spot.predicted_ms) if m_]
         if sp:
-            ax.scatter([a for a, _ in sp], [b for _, b in sp], marker="s", s=30, color="C2", label="spot check")
+            ax.scatter(
+                [a for a, _ in sp],
+                [b for _, b in sp],
+                marker="s",
+                s=30,
+                color="C2",
+                label=f"spot check of stored model #{checked.model_id}",
+            )
     allv = [x for pr in pairs for x in pr] + [x for a, b, _ in ver for x in (a, b)]
     if allv:
         lo, hi = min(allv) * 0.8, max(allv) * 1.25
