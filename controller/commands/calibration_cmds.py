@@ -315,6 +315,8 @@ def calibrate_cmd(
             )
         specs_by_id = _stored_specs(db_path, {str(r["spec_id"]) for r in rows})
         specs, lat, en, skipped = usable_rows(specs_by_id, rows)
+        if specs and all(getattr(s, "family", None) == "nb201" for s in specs):
+            space_name = "nb201"  # imported NAS-Bench-201 tables: record the space the models belong to
         result = fit_measurements(specs, lat, en, model=model_kind, seed=seed)
         result.skipped = skipped
     else:

@@ -72,6 +72,7 @@ def test_latency_import_then_calibrate_from_db(tmp_path: Path) -> None:
                     "--model", "linear", "--out", str(tmp_path / "m.json"), "--json")  # fmt: skip
     assert code == 0, out
     assert json.loads(out.strip().splitlines()[-1])["measured"] == 30
+    assert json.loads((tmp_path / "m.json").read_text())["metadata"]["space"] == "nb201"
 
 
 def test_accuracy_import_percent_then_fit(tmp_path: Path) -> None:
