@@ -128,6 +128,8 @@ def _loss_grads(spec: AnySpec, x: torch.Tensor, y: torch.Tensor, init_seed: int)
     module = build_module(spec, init_seed=init_seed).train()
     loss = F.cross_entropy(module(x), y)
     weights = _weights(module)
+    if not weights:  # no convolution or linear layer (an NB201 cell without a path): no saliency
+        return 0.0, 0.0
     grads = torch.autograd.grad(loss, weights)
     grad_norm = sum(float(g.norm()) for g in grads)
     snip = sum(float((w.detach() * g).abs().sum()) for w, g in zip(weights, grads))
@@ -142,6 +144,8 @@ def _synflow(spec: AnySpec, x: torch.Tensor, init_seed: int) -> float:
     ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64)
     r = module(ones).sum()
     weights = _weights(module)
+    if not weights:  # no convolution or linear layer: no synaptic flow
+        return 0.0
     grads = torch.autograd.grad(r, weights)
     return float(sum((w.detach() * g).abs().sum() for w, g in zip(weights, grads)))
 
@@ -173,12 +177,17 @@ def _jacob_cov(spec: AnySpec, x: torch.Tensor, init_seed: int) -> float:
     module = build_module(spec, init_seed=init_seed).train()
     xi = x.clone().requires_grad_(True)
     out = module(xi)
-    (jac,) = torch.autograd.grad(out.sum(), xi)
-    j = jac.reshape(len(x), -1).double().numpy()
-    j = j - j.mean(1, keepdims=True)
-    norm = np.linalg.norm(j, axis=1)
-    j = np.divide(j, norm[:, None], out=np.zeros_like(j), where=norm[:, None] > 0)
-    corr = j @ j.T
+    (jac,) = torch.autograd.grad(out.sum(), xi, allow_unused=True)
+    if jac is None:  # the output does not depend on the input: every image looks alike (the worst score)
+        corr = np.ones((len(x), len(x)))
+    else:
+        j = jac.reshape(len(x), -1).double().numpy()
+        j = j - j.mean(1, keepdims=True)
+        norm = np.linalg.norm(j, axis=1)
+        j = np.divide(j, norm[:, None], out=np.zeros_like(j), where=norm[:, None] > 0)
+        corr = j @ j.T
+        flat = norm == 0  # images the network cannot tell apart at all: perfectly correlated
+        corr[np.ix_(flat, flat)] = 1.0
     np.fill_diagonal(corr, 1.0)
     v = np.linalg.eigvalsh(corr)
     return float(-np.sum(np.log(v + _JACOB_K) + 1.0 / (v + _JACOB_K)))

@@ -68,3 +68,22 @@ def test_bad_input_is_a_clear_error() -> None:
         proxy_batch(DS, batch_size=10_000)
     with pytest.raises(ProxyError, match="seed"):
         proxy_batch(DS, seed=-1)
+
+
+def test_a_network_without_a_path_from_its_input_scores_lowest_not_a_crash() -> None:
+    from nnflash.models.spec import parse_spec
+
+    dead = parse_spec(
+        {"family": "nb201", "arch": "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", "input_shape": [1, 8, 8],
+         "num_classes": 4, "channels": 4, "cells_per_stage": 1}
+    )  # fmt: skip
+    live = parse_spec(
+        {"family": "nb201", "arch": "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|none~0|none~1|nor_conv_1x1~2|",
+         "input_shape": [1, 8, 8], "num_classes": 4, "channels": 4, "cells_per_stage": 1}
+    )  # fmt: skip
+    b = proxy_batch(DS, seed=0, batch_size=16)
+    d, a = compute_proxies(dead, b), compute_proxies(live, b)
+    assert all(math.isfinite(v) for v in d.values()), d
+    assert d["synflow"] == d["snip"] == d["grad_norm"] == 0.0  # no convolution or linear weight at all
+    assert a["synflow"] > 0 and a["snip"] > 0
+    assert d["jacob_cov"] < a["jacob_cov"]  # every image looks alike to a constant network
