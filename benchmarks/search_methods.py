@@ -98,6 +98,15 @@ def main() -> None:
             f"{name:8} {statistics.median(r['time']):9.3f} {max(r['time']):8.3f} {np.median(reg):10.4%} "
             f"{reg.max():7.2%} {np.mean(reg <= 0.005):7.0%} {np.mean(reg <= 1e-12):5.0%} {int(sum(r['viol'])):5d}"
         )
+    n1 = args.levels
+    for name, r in rows.items():
+        t = np.array(r["time"])
+        reg = np.array(r["regret"])
+        print(
+            f"{name}: latency limit only: median {np.median(t[:n1]):.3f} s, worst {t[:n1].max():.3f} s, "
+            f"within 0.5% {np.mean(reg[:n1] <= 0.005):.0%}; latency + params: median {np.median(t[n1:]):.3f} s, "
+            f"worst {t[n1:].max():.3f} s, within 0.5% {np.mean(reg[n1:] <= 0.005):.0%}"
+        )
 
 
 if __name__ == "__main__":
