@@ -226,8 +226,8 @@ def _calibration_plot(result: LoopResult, st: CostState) -> tuple[str, str]:
     if allv:
         lo, hi = min(allv) * 0.8, max(allv) * 1.25
         xx = np.geomspace(lo, hi, 50)
-        ax.plot(xx, xx, color="k", lw=0.8)
-        ax.fill_between(xx, xx * 0.9, xx * 1.1, color="0.85", label="+-10%")
+        ax.plot(xx, xx, color="k", lw=0.8, zorder=1)
+        ax.fill_between(xx, xx * 0.9, xx * 1.1, color="0.85", label="+-10%", zorder=0)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
     ax.set_xscale("log")
