@@ -46,50 +46,22 @@ import torch
 from nnflash.calibration.accuracy import make_accuracy_model, rank_correlations, spec_features
 from nnflash.controller.accuracy import dataset_space, pooled_trainings, proxies_for, select_for_dataset
 from nnflash.controller.store import ResultsDB
-from nnflash.controller.training import TrainingObserver, TrainingPlan, run_trainings
+from nnflash.controller.training import run_trainings
 from nnflash.models.datasets import load_dataset
 from nnflash.models.spec import AnySpec
 from nnflash.models.training_protocol import TrainingProtocol, get_protocol
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.training_common import SMOKE_PROTOCOL, Progress  # noqa: E402
+
 DATASET = "fashion-mnist"
-SMOKE_PROTOCOL = TrainingProtocol(
-    name="smoke",
-    train_size=1024,
-    val_size=500,
-    epochs=1,
-    batch_size=64,
-    lr=0.05,
-    schedule="linear",
-    warmup_fraction=0.1,
-)
-
-
-class _Progress(TrainingObserver):
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.t0 = time.perf_counter()
-        self.n = 0
-        self.todo = 0
-
-    def planned(self, plan: TrainingPlan) -> None:
-        self.todo = len(plan.todo)
-        print(f"  {self.label}: {len(plan.done)} done, {self.todo} to train (estimate {plan.estimate_s / 60:.1f} min)")
-
-    def trained(self, row: dict[str, Any]) -> None:
-        self.n += 1
-        acc = row.get("test_accuracy")
-        acc_s = f"{100 * acc:.2f}%" if acc is not None else row.get("error", "")
-        print(
-            f"    [{self.n}/{self.todo}] {row['spec_id']} {row['status']} {acc_s} "
-            f"({time.perf_counter() - self.t0:.0f} s)"
-        )
-        sys.stdout.flush()
 
 
 def _train(
     specs: list[AnySpec], ds: Any, protocol: TrainingProtocol, seed: int, db: Path, device: str, label: str
 ) -> None:
-    res = run_trainings(specs, ds, protocol, seed, db, torch_device=device, observer=_Progress(label))
+    res = run_trainings(specs, ds, protocol, seed, db, torch_device=device, observer=Progress(label))
     if res.interrupted:
         raise KeyboardInterrupt
 

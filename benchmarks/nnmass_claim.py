@@ -32,56 +32,29 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from nnflash.controller.accuracy import dataset_space, pooled_trainings
 from nnflash.controller.store import ResultsDB
-from nnflash.controller.training import TrainingObserver, TrainingPlan, run_trainings
+from nnflash.controller.training import run_trainings
 from nnflash.models.datasets import load_dataset
 from nnflash.models.metrics import compute_metrics
 from nnflash.models.space import Space, generate
 from nnflash.models.spec import AnySpec
-from nnflash.models.training_protocol import TrainingProtocol, get_protocol
+from nnflash.models.training_protocol import get_protocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.training_common import SMOKE_PROTOCOL, Progress  # noqa: E402
 
 DATASET = "fashion-mnist"
 PERCENTILES = (20, 50, 80)
 PER_LEVEL = 4
 MIN_SIZE_RATIO = 3.0
-SMOKE_PROTOCOL = TrainingProtocol(
-    name="smoke",
-    train_size=1024,
-    val_size=500,
-    epochs=1,
-    batch_size=64,
-    lr=0.05,
-    schedule="linear",
-    warmup_fraction=0.1,
-)
-
-
-class _Progress(TrainingObserver):
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.n = 0
-        self.todo = 0
-
-    def planned(self, plan: TrainingPlan) -> None:
-        self.todo = len(plan.todo)
-        print(f"  {len(plan.done)} done, {self.todo} to train (estimate {plan.estimate_s / 60:.1f} min)")
-        sys.stdout.flush()
-
-    def trained(self, row: dict[str, Any]) -> None:
-        self.n += 1
-        acc = row.get("test_accuracy")
-        acc_s = f"{100 * acc:.2f}%" if acc is not None else row.get("error", "")
-        took = time.perf_counter() - self.t0
-        print(f"    [{self.n}/{self.todo}] {row['spec_id']} {row['status']} {acc_s} ({took:.0f} s)")
-        sys.stdout.flush()
 
 
 def pick_level(space: Space, target: float, seed: int) -> list[AnySpec]:
@@ -139,7 +112,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
 
     all_specs = [s for g in groups for s in g]
-    res = run_trainings(all_specs, ds, protocol, 0, db, torch_device=a.torch_device, observer=_Progress())
+    res = run_trainings(all_specs, ds, protocol, 0, db, torch_device=a.torch_device, observer=Progress())
     if res.interrupted:
         return 130
 
