@@ -37,7 +37,7 @@ from nnflash.models.metrics import nn_degree, nn_mass
 from nnflash.models.space import Space
 from nnflash.models.spec import DenseSpec
 from nnflash.search.evaluator import CellEvaluator
-from nnflash.search.pareto import front_layers, nondominated, prune
+from nnflash.search.pareto import front_layers, nondominated
 from nnflash.search.types import Deployment, Design, Limits, Objective
 
 #: Additive costs, by the name of their limit.
@@ -246,7 +246,7 @@ def run_chain(
         last = c == ncell - 1
         sels = [np.arange(len(lv.obj))] if last else [np.flatnonzero(lv.state == s) for s in np.unique(lv.state)]
         for sel in sels:
-            keep[sel[prune(lv.obj[sel], lv.cost[sel], layers)]] = True
+            keep[sel[front_layers(lv.obj[sel], lv.cost[sel], layers)]] = True
         idx = np.flatnonzero(keep)
         lv = _Level(lv.obj[idx], lv.cost[idx], lv.state[idx], lv.parent[idx], lv.cfg[idx])
         levels.append(lv)

@@ -1,4 +1,12 @@
-"""Non-dominated sets: maximize one objective, minimize any number of costs."""
+"""Non-dominated sets: maximize one objective, minimize any number of costs.
+
+Exact, with no tolerance. One cost: a sort and a running maximum. Several: a sweep in order of
+objective descending (then each cost ascending, exact duplicates collapsed), where a point is
+dominated exactly when a point before it is at most as costly in every cost; with two costs the
+points kept so far are summarized by their 2-D staircase, so each point is one binary search
+(``O(n log n)``); with more, blocks of points are compared with the kept points, strongest
+dominators first. :func:`front_layers` peels ``K`` such fronts for the exact top ``K``.
+"""
 
 from __future__ import annotations
 
@@ -22,29 +30,87 @@ def _nondominated_1d(obj: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nondominated_kd(obj: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    n = len(obj)
-    order = np.lexsort((cost.sum(axis=1), -obj))  # objective descending, then total cost ascending
+def _sweep_order(obj: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points sorted by objective descending, then each cost ascending, with exact duplicates
+    collapsed: ``(order, first, group)`` where ``order[first]`` are the distinct points in that
+    order and ``group[i]`` is the distinct point of ``order[i]``. In this order nothing dominates a
+    point from behind it (a later point has a lower objective, or an equal objective and a higher
+    first differing cost), so a distinct point is dominated exactly when an earlier distinct point
+    is at most as costly in every cost (it differs from it, and its objective is at least as high)."""
+    keys = [cost[:, j] for j in range(cost.shape[1] - 1, -1, -1)]
+    order = np.lexsort((*keys, -obj))
     o, c = obj[order], cost[order]
-    keep = np.zeros(n, dtype=bool)
-    kept_o = np.zeros(0)
-    kept_c = np.zeros((0, cost.shape[1]))
+    diff = np.ones(len(o), dtype=bool)
+    diff[1:] = (o[1:] != o[:-1]) | np.any(c[1:] != c[:-1], axis=1)
+    first = np.flatnonzero(diff)
+    group = np.cumsum(diff) - 1
+    return order, first, group
+
+
+def _staircase_2d(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points of ``(a, b)`` no other point is at most as high in both, as ``a`` ascending with
+    ``b`` strictly descending: the lowest ``b`` among points with ``a <= x`` is ``b`` at the last
+    position with ``a <= x``."""
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    before = np.concatenate([[np.inf], np.minimum.accumulate(b)[:-1]])
+    keep = b < before
+    return a[keep], b[keep]
+
+
+def _all_le(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``[i, j]``: every cost of ``p[i]`` at most that of ``q[j]`` (one 2-D comparison per cost)."""
+    le = p[:, 0, None] <= q[None, :, 0]
+    for j in range(1, p.shape[1]):
+        le &= p[:, j, None] <= q[None, :, j]
+    return le
+
+
+def _dominated_sorted(c: np.ndarray) -> np.ndarray:
+    """For distinct points in sweep order (:func:`_sweep_order`), whether an earlier point is at
+    most as costly in every cost. Blocks of the order are tested against the points kept before
+    them (enough: a dominated dominator is itself dominated by a kept point) and then among the
+    block's own survivors. With two costs the kept points are summarized by their staircase (a
+    binary search per point, ``O(n log n)`` in all), with more by a blockwise comparison."""
+    n, k = c.shape
+    dom = np.zeros(n, dtype=bool)
+    sa, sb = np.zeros(0), np.zeros(0)  # two costs: the staircase of the kept points
+    kept = np.zeros((0, k))
+    spread = c.max(axis=0) - c.min(axis=0) if n else np.ones(k)
+    scale = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
     for a in range(0, n, _BLOCK):
-        bo, bc = o[a : a + _BLOCK], c[a : a + _BLOCK]
-        dom = np.zeros(len(bo), dtype=bool)
-        if len(kept_o):
-            le = np.all(kept_c[:, None, :] <= bc[None, :, :], axis=2)
-            strict = (kept_o[:, None] > bo[None, :]) | np.any(kept_c[:, None, :] < bc[None, :, :], axis=2)
-            dom = np.any(le & strict & (kept_o[:, None] >= bo[None, :]), axis=0)
-        # within the block only earlier points can dominate (see the sort)
-        le = np.all(bc[:, None, :] <= bc[None, :, :], axis=2)
-        strict = (bo[:, None] > bo[None, :]) | np.any(bc[:, None, :] < bc[None, :, :], axis=2)
-        dom |= np.any(le & strict & (bo[:, None] >= bo[None, :]), axis=0)
-        keep[a : a + _BLOCK] = ~dom
-        kept_o = np.concatenate([kept_o, bo[~dom]])
-        kept_c = np.concatenate([kept_c, bc[~dom]])
-    out = np.zeros(n, dtype=bool)
-    out[order] = keep
+        bc = c[a : a + _BLOCK]
+        d = np.zeros(len(bc), dtype=bool)
+        if k == 2 and len(sa):
+            pos = np.searchsorted(sa, bc[:, 0], side="right") - 1
+            d = (pos >= 0) & (sb[np.maximum(pos, 0)] <= bc[:, 1])
+        elif k > 2:
+            for s in range(0, len(kept), _BLOCK):
+                left = np.flatnonzero(~d)
+                if not len(left):
+                    break
+                d[left] |= _all_le(kept[s : s + _BLOCK], bc[left]).any(axis=0)
+        live = np.flatnonzero(~d)
+        if len(live) > 1:  # within the block: only earlier survivors can dominate
+            x = bc[live]
+            d[live] = np.triu(_all_le(x, x), 1).any(axis=0)
+        dom[a : a + len(bc)] = d
+        new = bc[~d]
+        if not len(new):
+            continue
+        if k == 2:
+            sa, sb = _staircase_2d(np.concatenate([sa, new[:, 0]]), np.concatenate([sb, new[:, 1]]))
+        else:  # the strongest dominators (lowest costs, relative to their spread) first
+            kept = np.concatenate([kept, new])
+            kept = kept[np.argsort((kept / scale).sum(axis=1), kind="stable")]
+    return dom
+
+
+def _nondominated_kd(obj: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    order, first, group = _sweep_order(obj, cost)
+    dom = _dominated_sorted(cost[order][first])
+    out = np.zeros(len(obj), dtype=bool)
+    out[order] = ~dom[group]
     return out
 
 
@@ -76,128 +142,4 @@ def front_layers(obj: np.ndarray, cost: np.ndarray, layers: int) -> np.ndarray:
         nd = nondominated(obj[left], cost[left])
         out[left[nd]] = True
         left = left[~nd]
-    return out
-
-
-_BINS = 128
-
-
-def _staircases(obj: np.ndarray, c1: np.ndarray, layers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The first ``layers`` 1-D fronts of ``(obj, c1)`` as (sorted c1, running max obj)."""
-    out = []
-    left = np.arange(len(obj))
-    for _ in range(layers):
-        if not len(left):
-            break
-        nd = _nondominated_1d(obj[left], c1[left])
-        f = left[nd]
-        order = np.argsort(c1[f])
-        out.append((c1[f][order], np.maximum.accumulate(obj[f][order])))
-        left = left[~nd]
-    return out
-
-
-def prune(obj: np.ndarray, cost: np.ndarray, layers: int) -> np.ndarray:
-    """A mask that drops only points dominated by at least ``layers`` others (so it keeps the
-    exact top ``layers`` of every merge, like :func:`front_layers`), fast for two costs: the points
-    are binned by the second cost, so that across bins a point can only be dominated by points of
-    lower bins (a staircase lookup on the first cost against each of the lower bins' ``layers``
-    fronts: ``layers`` distinct dominators), and within its bin by the exact blockwise test."""
-    n = len(obj)
-    if cost.shape[1] == 3 and n > 4 * _BLOCK:
-        return _prune_3(obj, cost, layers)
-    if cost.shape[1] != 2 or n <= 4 * _BLOCK:
-        return front_layers(obj, cost, layers)
-    c1, c2 = cost[:, 0], cost[:, 1]
-    nbins = max(_BINS, n // 256)  # bins of a few hundred points: the blockwise test is quadratic
-    edges = np.unique(np.quantile(c2, np.linspace(0, 1, nbins + 1)[1:-1]))
-    b = np.searchsorted(edges, c2, side="right")  # lower bins have strictly lower c2
-    out = np.zeros(n, dtype=bool)
-    seen = np.zeros(0, dtype=np.int64)  # kept points of the lower bins
-    for bi in range(len(edges) + 1):
-        sel = np.flatnonzero(b == bi)
-        if not len(sel):
-            continue
-        keep = front_layers(obj[sel], cost[sel], layers)
-        if len(seen):
-            dominated = np.ones(len(sel), dtype=bool)
-            stairs = _staircases(obj[seen], c1[seen], layers)
-            if len(stairs) < layers:
-                dominated[:] = False
-            for sc1, sbest in stairs:
-                pos = np.searchsorted(sc1, c1[sel], side="right") - 1
-                dominated &= (pos >= 0) & (sbest[np.maximum(pos, 0)] >= obj[sel])
-            keep &= ~dominated
-        out[sel[keep]] = True
-        seen = np.concatenate([seen, sel[keep]])
-        if len(seen) > 8 * _BLOCK:  # only the lower bins' fronts matter for later lookups
-            st = np.zeros(len(seen), dtype=bool)
-            left = np.arange(len(seen))
-            for _ in range(layers):
-                nd = _nondominated_1d(obj[seen[left]], c1[seen[left]])
-                st[left[nd]] = True
-                left = left[~nd]
-            seen = seen[st]
-    return out
-
-
-_GRID = 24
-
-
-def _layer_points(idx: np.ndarray, obj: np.ndarray, c1: np.ndarray, layers: int) -> np.ndarray:
-    """The points of ``idx`` in the first ``layers`` 1-D fronts of ``(obj, c1)``."""
-    keep = np.zeros(len(idx), dtype=bool)
-    left = np.arange(len(idx))
-    for _ in range(layers):
-        if not len(left):
-            break
-        nd = _nondominated_1d(obj[idx[left]], c1[idx[left]])
-        keep[left[nd]] = True
-        left = left[~nd]
-    return idx[keep]
-
-
-def _prune_3(obj: np.ndarray, cost: np.ndarray, layers: int) -> np.ndarray:
-    """:func:`prune` for three costs: a grid over the second and third costs; a point can be
-    dominated across cells of the grid by points of cells strictly lower in both (a staircase
-    lookup on the first cost against the lower-left region's ``layers`` fronts, built by the
-    recurrence region(a, b) = region(a-1, b) + region(a, b-1) + cell(a-1, b-1)), and within its
-    cell by the exact blockwise test. Points dominated only from the same row or column stay."""
-    n = len(obj)
-    c1 = cost[:, 0]
-    bins = []
-    grid = max(_GRID, int(np.sqrt(n / 256)))  # cells of a few hundred points
-    for j in (1, 2):
-        edges = np.unique(np.quantile(cost[:, j], np.linspace(0, 1, grid + 1)[1:-1]))
-        bins.append((np.searchsorted(edges, cost[:, j], side="right"), len(edges) + 1))
-    (ba, na), (bb, nb) = bins
-    cell_id = ba * nb + bb
-    order = np.argsort(cell_id, kind="stable")
-    bounds = np.searchsorted(cell_id[order], np.arange(na * nb + 1))
-    out = np.zeros(n, dtype=bool)
-    kept: dict[tuple[int, int], np.ndarray] = {}
-    region: dict[tuple[int, int], np.ndarray] = {}
-    empty = np.zeros(0, dtype=np.int64)
-    for a in range(na):
-        for b in range(nb):
-            # the fronts of the points strictly lower in both binned costs
-            parts = [region.get((a - 1, b), empty), region.get((a, b - 1), empty), kept.get((a - 1, b - 1), empty)]
-            reg = np.unique(np.concatenate(parts))
-            region[(a, b)] = _layer_points(reg, obj, c1, layers) if len(reg) else empty
-            sel = order[bounds[a * nb + b] : bounds[a * nb + b + 1]]
-            if not len(sel):
-                kept[(a, b)] = empty
-                continue
-            keep = front_layers(obj[sel], cost[sel], layers)
-            ref = region[(a, b)]
-            if len(ref):
-                stairs = _staircases(obj[ref], c1[ref], layers)
-                if len(stairs) == layers:
-                    dominated = np.ones(len(sel), dtype=bool)
-                    for sc1, sbest in stairs:
-                        pos = np.searchsorted(sc1, c1[sel], side="right") - 1
-                        dominated &= (pos >= 0) & (sbest[np.maximum(pos, 0)] >= obj[sel])
-                    keep &= ~dominated
-            kept[(a, b)] = sel[keep]
-            out[sel[keep]] = True
     return out
