@@ -43,6 +43,13 @@ Public API (stable; the CLI ``nnflash search`` builds on it)::
     (:mod:`nnflash.search.shgo`);
   - ``"random"``: uniform random designs, as many full-network evaluations as ``shgo`` uses.
 
+  Space ``nb201`` (NAS-Bench-201's 15,625 cells, finite) is searched by ``"exact"`` only, which
+  there is enumeration: every network's costs predicted by the full cost models, the best feasible
+  ranked first (:mod:`nnflash.search.nb201`); ``shgo`` and ``random`` are refused. nb201 designs
+  have no peak-memory model (``peak_memory_mb`` is ``None``, its limit refused).
+  :meth:`Objective.from_scores` maximizes precomputed per-network values (a ``multi`` predictor's,
+  say) on nb201.
+
   It returns a :class:`SearchResult` (``designs`` best first, ``time_s``, ``build_s``,
   ``evaluations``, ``method``), or raises :class:`Infeasible` when no design meets the limits.
 - :func:`build_tables`: the exact method's one-time tables for a space, deployments and

@@ -4,6 +4,9 @@ Every method proposes candidate designs from its own (vectorized) view of the co
 it returns passes through :func:`recheck`, which predicts each cost of the final integer spec with
 the full ``CostModel.predict``; a candidate that misses a limit there is dropped and the next one
 taken, so nothing returned violates a limit whatever the method's internals did.
+
+The dense spaces (``flash``...) are searched by the methods of :data:`METHODS`; space ``nb201``
+(NAS-Bench-201's 15,625 cells) by exact enumeration (:mod:`nnflash.search.nb201`), its only method.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from nnflash.models.metrics import dense_params_macs, nn_degree, nn_mass
-from nnflash.models.space import Space
-from nnflash.models.spec import DenseSpec
+from nnflash.models.metrics import dense_params_macs, layer_table, nb201_topology, nn_degree, nn_mass
+from nnflash.models.nb201 import Nb201Spec
+from nnflash.models.space import AnySpace, Nb201Space
 from nnflash.search.memory import peak_memory_mb
 from nnflash.search.types import (
     COST_LIMITS,
@@ -28,12 +31,13 @@ from nnflash.search.types import (
     Objective,
     SearchError,
     SearchResult,
+    SearchSpec,
 )
 
 # ------------------------------------------------------------------------------ checks
 
 
-def check_deployments(space: Space, deployments: Sequence[Deployment]) -> None:
+def check_deployments(space: AnySpace, deployments: Sequence[Deployment]) -> None:
     """Clear errors for an empty list, cost models of several devices mixed, or cost models fitted
     for another input shape or class count than ``space``'s (where their metadata records it)."""
     if not deployments:
@@ -95,14 +99,18 @@ def default_margin(deployment: Deployment) -> float:
 # ------------------------------------------------------------------------------ the full path
 
 
-def _metric(spec: DenseSpec, metric: str) -> float:
+def _metric(spec: SearchSpec, metric: str) -> float:
+    if isinstance(spec, Nb201Spec):
+        return float(nb201_topology(spec)[metric])
     d = np.array([[c.depth for c in spec.cells]])
     w = np.array([[c.width for c in spec.cells]])
     t = np.array([[c.tc for c in spec.cells]])
     return float((nn_degree if metric == "nn_degree" else nn_mass)(d, w, t)[0])
 
 
-def _costs(spec: DenseSpec, deployment: Deployment) -> dict[str, Optional[float]]:
+def _costs(spec: SearchSpec, deployment: Deployment) -> dict[str, Optional[float]]:
+    if isinstance(spec, Nb201Spec):
+        return _nb201_costs(spec, deployment)
     d = np.array([[c.depth for c in spec.cells]])
     w = np.array([[c.width for c in spec.cells]])
     t = np.array([[c.tc for c in spec.cells]])
@@ -123,6 +131,23 @@ def _costs(spec: DenseSpec, deployment: Deployment) -> dict[str, Optional[float]
     }
 
 
+def _nb201_costs(spec: Nb201Spec, deployment: Deployment) -> dict[str, Optional[float]]:
+    """An nb201 network's costs: counts from its layer table (as ``compute_metrics``), latency and
+    energy from the cost models' ``predict`` on the spec; no peak-memory model (``None``)."""
+    table = layer_table(spec)
+    energy = None
+    if deployment.energy_model is not None:
+        energy = float(deployment.energy_model.predict([spec])[0])
+    return {
+        "latency_ms": float(deployment.latency_model.predict([spec])[0]),
+        "energy_mj": energy,
+        "params": float(sum(x.params for x in table)),
+        "macs": float(sum(x.macs for x in table)),
+        "peak_memory_mb": None,
+        "area_mm2": None,
+    }
+
+
 def _margins(costs: dict[str, Optional[float]], limits: Limits) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, limit in limits.given().items():
@@ -132,7 +157,7 @@ def _margins(costs: dict[str, Optional[float]], limits: Limits) -> dict[str, flo
 
 
 def recheck(
-    design_or_spec: Union[Design, DenseSpec], deployment: Optional[Deployment], limits: Limits, margin: float = 0.0
+    design_or_spec: Union[Design, SearchSpec], deployment: Optional[Deployment], limits: Limits, margin: float = 0.0
 ) -> dict[str, float]:
     """The margin of a design (or spec) to every given limit, ``1 - value / limit``, from the full
     cost models (``CostModel.predict`` on the final integer spec) and the exact counts. With
@@ -156,13 +181,18 @@ def meets(margins: dict[str, float], margin: float = 0.0) -> bool:
     return all(m >= (margin if k in COST_LIMITS else 0.0) for k, m in margins.items())
 
 
-def evaluate(spec: DenseSpec, deployment: Deployment, objective: Objective, limits: Optional[Limits] = None) -> Design:
+def evaluate(spec: SearchSpec, deployment: Deployment, objective: Objective, limits: Optional[Limits] = None) -> Design:
     """A :class:`Design` of ``spec`` on ``deployment``, every value from the full path (cost models'
-    ``predict``, the predictor's ``predict``, exact counts)."""
+    ``predict``, the predictor's ``predict`` or the objective's score, exact counts)."""
     costs = _costs(spec, deployment)
-    if objective.predictor is not None:
-        value = float(objective.predictor.predict([spec])[0])
+    if objective.scores is not None:
+        if spec.spec_id not in objective.scores:
+            raise SearchError(f"objective {objective.name}: no score for spec {spec.spec_id}")
+        value = float(objective.scores[spec.spec_id])
         accuracy: Optional[float] = value
+    elif objective.predictor is not None:
+        value = float(objective.predictor.predict([spec])[0])
+        accuracy = value
     else:
         accuracy = None
         value = _metric(spec, objective.metric)
@@ -176,7 +206,7 @@ def evaluate(spec: DenseSpec, deployment: Deployment, objective: Objective, limi
         energy_mj=costs["energy_mj"],
         params=int(costs["params"]),  # type: ignore[arg-type]
         macs=int(costs["macs"]),  # type: ignore[arg-type]
-        peak_memory_mb=float(costs["peak_memory_mb"]),  # type: ignore[arg-type]
+        peak_memory_mb=None if costs["peak_memory_mb"] is None else float(costs["peak_memory_mb"]),
         area_mm2=None,
         margins=_margins(costs, limits or Limits()),
     )
@@ -185,18 +215,32 @@ def evaluate(spec: DenseSpec, deployment: Deployment, objective: Objective, limi
 # ------------------------------------------------------------------------------ the methods
 
 
-def build_tables(space: Space, deployments: Sequence[Deployment], objective: Objective) -> Any:
+def build_tables(
+    space: AnySpace,
+    deployments: Sequence[Deployment],
+    objective: Objective,
+    *,
+    specs: Optional[Sequence[Nb201Spec]] = None,
+) -> Any:
     """The exact method's one-time tables (per-cell costs and Pareto fronts keyed on the coupling
-    state, for every deployment); pass them to :func:`search` / :func:`pareto_front` as ``tables=``."""
+    state, for every deployment; for space ``nb201`` every network's predicted costs, over
+    ``specs`` when given, else the whole space); pass them to :func:`search` / :func:`pareto_front`
+    as ``tables=``."""
     from nnflash.search.exact import ExactTables
 
     check_deployments(space, deployments)
     objective.check_space(space)
+    if isinstance(space, Nb201Space):
+        from nnflash.search.nb201 import Nb201Tables
+
+        return Nb201Tables.build(space, list(deployments), objective, specs)
+    if specs is not None:
+        raise SearchError(f"search: specs= (a subset of candidates) applies to space nb201 only, not {space.name!r}")
     return ExactTables.build(space, list(deployments), objective)
 
 
 def _finalize(
-    candidates: Sequence[tuple[DenseSpec, Deployment]],
+    candidates: Sequence[tuple[SearchSpec, Deployment]],
     objective: Objective,
     limits: Limits,
     margin: float,
@@ -220,7 +264,7 @@ def _finalize(
 
 
 def search(
-    space: Space,
+    space: AnySpace,
     deployments: Sequence[Deployment],
     objective: Objective,
     limits: Limits,
@@ -239,7 +283,9 @@ def search(
     about what ``shgo`` uses, :data:`nnflash.search.shgo.DEFAULT_EVALUATIONS`). Every method
     works on the per-cell tables (:func:`build_tables`; built here when ``tables`` is None, and
     their build time reported as ``build_s``); ``random`` is seeded by ``seed`` (``shgo``'s
-    Sobol sampling is deterministic). Raises :class:`Infeasible` when no design meets the limits,
+    Sobol sampling is deterministic). Space ``nb201`` has one method, ``exact``: every network's
+    costs predicted and ranked (:mod:`nnflash.search.nb201`; its tables cover ``build_tables``'s
+    ``specs`` when passed in). Raises :class:`Infeasible` when no design meets the limits,
     :class:`SearchError` for bad arguments."""
     if method not in METHODS:
         raise SearchError(f"method: unknown method {method!r} (known: {', '.join(METHODS)})")
@@ -249,6 +295,8 @@ def search(
     objective.check_space(space)
     _check_limits(limits, deployments, margin)
     deps = list(deployments)
+    if isinstance(space, Nb201Space):
+        return _search_nb201(space, deps, objective, limits, method, top_k, margin, tables)
     build_s = 0.0
     from nnflash.search.exact import ExactTables, exact_candidates
 
@@ -282,8 +330,54 @@ def search(
     return SearchResult(designs=designs, method=method, time_s=elapsed, build_s=build_s, evaluations=n_eval)
 
 
+def _nb201_tables(space: Nb201Space, deps: list[Deployment], objective: Objective, tables: Any) -> tuple[Any, float]:
+    from nnflash.search.nb201 import Nb201Tables
+
+    if tables is None:
+        built = Nb201Tables.build(space, deps, objective)
+        return built, built.build_s
+    if (
+        not isinstance(tables, Nb201Tables)
+        or tables.space != space
+        or tables.objective != objective
+        or tables.objective.scores is not objective.scores
+        or list(tables.deployments) != deps
+    ):
+        raise SearchError("search: the tables passed were built for another space, objective or deployments")
+    return tables, 0.0
+
+
+def _search_nb201(
+    space: Nb201Space,
+    deps: list[Deployment],
+    objective: Objective,
+    limits: Limits,
+    method: str,
+    top_k: int,
+    margin: float,
+    tables: Any,
+) -> SearchResult:
+    """Space ``nb201``: every network ranked (:mod:`nnflash.search.nb201`), the best re-checked."""
+    from nnflash.search.nb201 import check_limits, diagnose, nb201_candidates
+
+    if method != "exact":
+        raise SearchError(
+            f"method: {method} does not apply to space nb201 (its {space.count():,} networks are enumerated "
+            "exactly, in seconds); use --method exact"
+        )
+    check_limits(limits)
+    tables, build_s = _nb201_tables(space, deps, objective, tables)
+    t0 = time.perf_counter()
+    cands, n_eval = nb201_candidates(tables, limits, margin)
+    designs = _finalize(cands, objective, limits, margin, top_k)
+    elapsed = time.perf_counter() - t0
+    if not designs:
+        raise diagnose(tables, limits, margin, method=method)
+    return SearchResult(designs=designs, method=method, time_s=elapsed, build_s=build_s, evaluations=n_eval)
+
+
 def pareto_front(
-    space: Space,
+    space: AnySpace,
     deployments: Sequence[Deployment],
     objective: Objective,
     *,
@@ -306,6 +400,17 @@ def pareto_front(
     _check_limits(lim, deps, 0.0)
     if against == "energy" and any(d.energy_model is None for d in deps):
         raise SearchError("pareto_front: against energy needs an energy model for every deployment")
+    if isinstance(space, Nb201Space):
+        from nnflash.search.nb201 import check_limits, nb201_front
+
+        check_limits(lim)
+        tables, _ = _nb201_tables(space, deps, objective, tables)
+        out = []
+        for spec, dep in nb201_front(tables, against, lim):
+            design = evaluate(spec, dep, objective, lim)
+            if meets(design.margins):
+                out.append(design)
+        return out
     if tables is None:
         tables = ExactTables.build(space, deps, objective)
     return exact_front(tables, against, lim)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from nnflash.calibration.base import CostModel
 from nnflash.models.errors import NnflashError
+from nnflash.models.nb201 import Nb201Spec
+from nnflash.models.space import Nb201Space
 from nnflash.models.spec import DenseSpec
+
+#: The specs a search returns: the dense family's (spaces ``flash``...) and NAS-Bench-201's (``nb201``).
+SearchSpec = Union[DenseSpec, Nb201Spec]
 
 #: Search methods of :func:`nnflash.search.search`.
 METHODS: tuple[str, ...] = ("exact", "shgo", "random")
@@ -90,8 +95,11 @@ class Objective:
     ``metric`` is ``nn_degree`` or ``nn_mass`` (sums over cells, which the exact method needs);
     with a ``predictor`` (a fitted accuracy predictor of kind ``flash`` or ``nnmass``), the value is
     its predicted accuracy, a monotone function of that metric (:meth:`value`): the search then
-    optimizes ``direction * metric`` and maps the result through the function. Build one with
-    :meth:`parse` or :meth:`from_predictor`.
+    optimizes ``direction * metric`` and maps the result through the function. With ``scores``
+    (:meth:`from_scores`), the value of a network is looked up by its spec id: a predicted accuracy
+    computed elsewhere (a ``multi`` predictor with its proxies, say); only the enumeration of
+    space ``nb201`` can search such an objective. Build one with :meth:`parse`,
+    :meth:`from_predictor` or :meth:`from_scores`.
     """
 
     name: str
@@ -99,6 +107,8 @@ class Objective:
     predictor: Any = field(default=None, compare=False, repr=False)
     #: +1 when a larger metric is better, -1 when a predictor decreases with it.
     direction: int = 1
+    #: Precomputed objective values by spec id (:meth:`from_scores`), else ``None``.
+    scores: Optional[Mapping[str, float]] = field(default=None, compare=False, repr=False)
 
     @classmethod
     def parse(cls, name: str) -> Objective:
@@ -126,6 +136,20 @@ class Objective:
         metric = "nn_degree" if kind == "flash" else "nn_mass"
         return cls(name=f"accuracy:{kind}", metric=metric, predictor=predictor, direction=direction)
 
+    @classmethod
+    def from_scores(cls, name: str, scores: Mapping[str, float]) -> Objective:
+        """Maximize precomputed values, one per spec id (predicted accuracies as fractions; the
+        design's ``accuracy`` is its score). Space ``nb201`` only: its search enumerates every
+        network, where the dense spaces' methods need a sum over cells."""
+        if not isinstance(scores, Mapping) or not scores:
+            raise SearchError("objective: scores must be a non-empty mapping of spec id to value")
+        clean: dict[str, float] = {}
+        for k, v in scores.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+                raise SearchError(f"objective: the score of spec {k} must be a finite number, got {v!r}")
+            clean[str(k)] = float(v)
+        return cls(name=f"accuracy:{name}", metric="", scores=clean)
+
     def value(self, metric_values: Any) -> np.ndarray:
         """The objective of designs with these metric values (elementwise): the metric itself, or
         the predictor's accuracy (a fraction in 0..1) computed from it."""
@@ -138,7 +162,13 @@ class Objective:
         return np.clip(p["lo"] + (p["hi"] - p["lo"]) / (1.0 + np.exp(-z)), 0.0, 1.0)
 
     def check_space(self, space: Any) -> None:
-        """Refuse a predictor fitted on another input shape or class count than ``space``'s."""
+        """Refuse a predictor fitted on another input shape or class count than ``space``'s, and
+        precomputed scores on a space other than ``nb201``."""
+        if self.scores is not None and not isinstance(space, Nb201Space):
+            raise SearchError(
+                f"objective {self.name}: precomputed scores can be searched on space nb201 only (it enumerates "
+                f"every network); space {space.name!r} needs nn-degree, nn-mass or a flash/nnmass predictor"
+            )
         if self.predictor is None:
             return
         meta = getattr(self.predictor, "metadata_", {}) or {}
@@ -220,7 +250,7 @@ class Deployment:
 class Design:
     """One searched design with its predicted costs, every one from the full cost models."""
 
-    spec: DenseSpec
+    spec: SearchSpec
     deployment: Deployment
     objective_name: str
     #: The objective's value (the metric, or a predicted accuracy as a fraction).
@@ -231,7 +261,8 @@ class Design:
     energy_mj: Optional[float]
     params: int
     macs: int
-    peak_memory_mb: float
+    #: ``None`` where nnflash has no peak-memory model (space ``nb201``).
+    peak_memory_mb: Optional[float]
     area_mm2: Optional[float]
     #: ``1 - value / limit`` for every limit given (negative: violated).
     margins: dict[str, float]
