@@ -6,9 +6,10 @@ front, export the chosen networks (with their trained weights where ``nnflash tr
   runtime, threads and precision twice is an error);
 - :func:`load_objective` turns ``--objective`` / ``--accuracy`` into the search's objective and,
   for a ``multi`` predictor, a re-ranker;
-- :func:`choose_space` picks the space: ``--space`` / ``--dataset``, else the predictor's dataset,
-  else the space the cost models were calibrated on, else ``flash``;
-- :func:`run_search` searches (or computes the Pareto front) and re-ranks;
+- :func:`choose_space` picks the space: ``--space``, else the space the cost models were
+  calibrated on, else ``--dataset``'s (or the predictor's dataset's) default, else ``flash``;
+- :func:`run_search` searches (or computes the Pareto front) and re-ranks; space ``nb201`` is
+  searched by enumeration (``--method exact`` only, no peak-memory limit; :mod:`nnflash.search.nb201`);
 - :func:`plot_front` draws the front over faint random samples of the space;
 - :func:`export_designs` writes verified ONNX/TFLite files of the designs.
 """
@@ -26,7 +27,7 @@ import numpy as np
 
 from nnflash.calibration import load_model
 from nnflash.controller.errors import ConfigError
-from nnflash.models.space import get_space
+from nnflash.models.space import Nb201Space, get_space
 from nnflash.search import (
     Deployment,
     Design,
@@ -123,14 +124,11 @@ def choose_space(
     deployments: Sequence[Deployment],
     predictor: Optional[AccuracyModel],
 ) -> Any:
-    """``--space`` / ``--dataset`` (the dataset's default space with its classes), else the
-    predictor's dataset, else the space every cost model was calibrated on, else ``flash``."""
+    """``--space``, else the space every cost model was calibrated on (where they record one),
+    with ``--dataset``'s classes (or the predictor's dataset's); with a dataset but neither, the
+    dataset's default space; else ``flash``."""
     if dataset is None and space_name is None and predictor is not None:
         dataset = (predictor.metadata_ or {}).get("dataset")
-    if dataset is not None:
-        from nnflash.controller.accuracy import dataset_space
-
-        return dataset_space(dataset, space_name)
     if space_name is None:
         spaces = {
             (getattr(m, "metadata_", {}) or {}).get("space")
@@ -138,8 +136,13 @@ def choose_space(
             for m in (d.latency_model, d.energy_model)
             if m is not None
         } - {None}
-        space_name = str(spaces.pop()) if len(spaces) == 1 else "flash"
-    return get_space(space_name)
+        if len(spaces) == 1:
+            space_name = str(spaces.pop())
+    if dataset is not None:
+        from nnflash.controller.accuracy import dataset_space
+
+        return dataset_space(dataset, space_name)
+    return get_space(space_name or "flash")
 
 
 def _check_predictor_space(predictor: Optional[AccuracyModel], space: Any) -> None:
@@ -286,11 +289,16 @@ def plot_front(outcome: SearchOutcome, path: str | Path, *, samples: int = 1000,
 
     space, obj = outcome.space, outcome.objective
     specs = space.sample(samples, seed=seed)
-    d = np.array([[c.depth for c in s.cells] for s in specs])
-    w = np.array([[c.width for c in s.cells] for s in specs])
-    t = np.array([[c.tc for c in s.cells] for s in specs])
-    metric = (nn_degree if obj.metric == "nn_degree" else nn_mass)(d, w, t)
-    values = obj.value(metric)
+    if isinstance(space, Nb201Space):
+        from nnflash.search.nb201 import objective_values
+
+        values = objective_values(obj, specs)
+    else:
+        d = np.array([[c.depth for c in s.cells] for s in specs])
+        w = np.array([[c.width for c in s.cells] for s in specs])
+        t = np.array([[c.tc for c in s.cells] for s in specs])
+        metric = (nn_degree if obj.metric == "nn_degree" else nn_mass)(d, w, t)
+        values = obj.value(metric)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, dep in enumerate(outcome.deployments):
         lat = dep.latency_model.predict(specs)

@@ -65,7 +65,13 @@ def _line(design: Any, artifacts: Optional[list[dict[str, Any]]]) -> dict[str, A
     help="With --accelerator: networks sampled, each scored on every hardware configuration.",
 )
 @click.option("--dataset", default=None, help="Search the dataset's default space (with its classes).")
-@click.option("--space", "space_name", default=None, help="Search space (default: the cost models' own, else flash).")
+@click.option(
+    "--space",
+    "space_name",
+    default=None,
+    help="Search space (default: the cost models' own, else flash); nb201 (NAS-Bench-201's 15,625 cells) is "
+    "enumerated exactly.",
+)
 @click.option(
     "--accuracy",
     "accuracy_path",
@@ -85,7 +91,9 @@ def _line(design: Any, artifacts: Optional[list[dict[str, Any]]]) -> dict[str, A
 @click.option("--max-energy-mj", type=float, default=None, help="Predicted energy limit (mJ per inference).")
 @click.option("--max-params", type=float, default=None, help="Parameter count limit.")
 @click.option("--max-macs", type=float, default=None, help="Multiply-accumulate limit.")
-@click.option("--max-peak-memory-mb", type=float, default=None, help="Largest live activation set (MB, float32).")
+@click.option(
+    "--max-peak-memory-mb", type=float, default=None, help="Largest live activation set (MB, float32; dense spaces)."
+)
 @click.option("--max-area-mm2", type=float, default=None, help="Area limit (hardware models with an area only).")
 @click.option(
     "--margin",
@@ -94,7 +102,13 @@ def _line(design: Any, artifacts: Optional[list[dict[str, Any]]]) -> dict[str, A
     help="Keep predicted latency/energy this fraction inside their limits (default: the cost models' "
     "cross-validated 90th-percentile error).",
 )
-@click.option("--method", type=click.Choice(METHODS), default="exact", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="exact",
+    show_default=True,
+    help="exact, shgo or random on the dense spaces; space nb201 is searched by exact (enumeration) only.",
+)
 @click.option("--top", "top_k", type=int, default=1, show_default=True, help="Designs to return, best first.")
 @click.option("--rerank", type=int, default=20, show_default=True, help="With a multi predictor: designs it re-ranks.")
 @click.option(
@@ -161,6 +175,7 @@ def search_cmd(
       nnflash search --cost pi.json --pareto --plot front.png --out front.jsonl
       nnflash search --cost pi.json --max-latency-ms 20 --export found/ --format onnx,tflite
       nnflash search --accelerator accel.json --max-area-mm2 20 --top 3
+      nnflash search --space nb201 --cost pi4.json --accuracy acc.json --max-latency-ms 20
     """
     from nnflash.controller.codesign import SearchRequest, export_designs, plot_front, run_search
     from nnflash.search import Limits
