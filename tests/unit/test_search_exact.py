@@ -17,13 +17,14 @@ from nnflash.search import (
     Objective,
     SearchError,
     build_tables,
+    exact,
     meets,
     pareto_front,
     recheck,
     search,
 )
 from nnflash.search.evaluator import CellEvaluator, network_costs
-from nnflash.search.exact import cell_configs
+from nnflash.search.exact import ADDITIVE, _Chain, _objective_terms, cell_configs
 
 # small enough to enumerate (18,944 networks); widths below the SIMD block and not multiples of 4,
 # caps of every residue modulo 4
@@ -53,7 +54,7 @@ def tiny() -> dict:
     idx = np.array(list(itertools.product(*[range(len(c[0])) for c in cfg])))
     d, w, t = (np.stack([cfg[c][k][idx[:, c]] for c in range(3)], axis=1) for k in range(3))
     costs = network_costs(CellEvaluator(TINY, dep.latency_model, dep.energy_model), d, w, t)
-    return {"dep": dep, "tables": build_tables(TINY, [dep], NND), "costs": costs, "n": len(d)}
+    return {"dep": dep, "tables": build_tables(TINY, [dep], NND), "costs": costs, "n": len(d), "idx": idx}
 
 
 def _brute_top(costs: dict, limits: Limits, k: int) -> np.ndarray:
@@ -80,6 +81,99 @@ def test_exact_matches_brute_force_on_an_enumerable_space(tiny: dict) -> None:
         result = search(TINY, [tiny["dep"]], NND, limits, method="exact", top_k=3, tables=tiny["tables"])
         want = _brute_top(c, limits, 3)
         np.testing.assert_allclose([d.objective for d in result.designs], want, rtol=1e-12, err_msg=str(limits))
+
+
+def _several_limits(c: dict) -> list[Limits]:
+    """Two, three, four and five limits at once, loose to tight, so that the prefixes' bounds
+    prune and the beam's incumbent is sometimes not the optimum."""
+    q = lambda key, p: float(np.quantile(c[key], p))  # noqa: E731
+    rng = np.random.default_rng(7)
+    names = ["max_latency_ms", "max_energy_mj", "max_params", "max_macs", "max_peak_memory_mb"]
+    levels = [
+        Limits(max_latency_ms=q("latency_ms", 0.5), max_energy_mj=q("energy_mj", 0.3)),
+        Limits(max_params=q("params", 0.2), max_macs=q("macs", 0.7)),
+        Limits(max_latency_ms=q("latency_ms", 0.3), max_energy_mj=q("energy_mj", 0.6), max_params=q("params", 0.4)),
+        Limits(max_latency_ms=q("latency_ms", 0.7), max_energy_mj=q("energy_mj", 0.5), max_params=q("params", 0.5),
+               max_macs=q("macs", 0.4)),
+        Limits(max_latency_ms=q("latency_ms", 0.6), max_energy_mj=q("energy_mj", 0.6), max_params=q("params", 0.6),
+               max_macs=q("macs", 0.6), max_peak_memory_mb=q("peak_memory_mb", 0.5)),
+    ]  # fmt: skip
+    for _ in range(16):  # random subsets of two or more limits at random quantiles
+        chosen = rng.choice(names, size=int(rng.integers(2, 6)), replace=False)
+        levels.append(Limits(**{n: q(n[4:], float(rng.uniform(0.05, 0.9))) for n in chosen}))
+    return levels
+
+
+@pytest.mark.parametrize("beam", [1, 32])
+@pytest.mark.parametrize("top_k", [1, 3, 7])
+def test_exact_matches_brute_force_under_several_limits_at_once(
+    tiny: dict, top_k: int, beam: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beam of one prefix gives a poor incumbent: the bounds, not the beam, must keep the optimum."""
+    monkeypatch.setattr(exact, "_BEAM", beam)
+    c = tiny["costs"]
+    for limits in _several_limits(c):
+        want = _brute_top(c, limits, top_k)
+        if not len(want):
+            with pytest.raises(Infeasible):
+                search(TINY, [tiny["dep"]], NND, limits, method="exact", top_k=top_k, tables=tiny["tables"])
+            continue
+        result = search(TINY, [tiny["dep"]], NND, limits, method="exact", top_k=top_k, tables=tiny["tables"])
+        got = [d.objective for d in result.designs]
+        np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=f"top {top_k} under {limits}")
+
+
+def test_exact_top_k_beyond_the_feasible_designs(tiny: dict) -> None:
+    """Fewer feasible designs than asked for: the beam finds no incumbent, and every one is returned."""
+    c = tiny["costs"]
+    lat, params = c["latency_ms"], c["params"]
+    cheapest = np.argsort(lat)[:40]
+    limits = Limits(max_latency_ms=float(lat[cheapest[-1]]), max_params=float(np.median(params[cheapest])))
+    want = _brute_top(c, limits, 1000)
+    assert 0 < len(want) < 40
+    result = search(TINY, [tiny["dep"]], NND, limits, method="exact", top_k=len(want) + 5, tables=tiny["tables"])
+    np.testing.assert_allclose([d.objective for d in result.designs], want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("stock", [False, True])
+@pytest.mark.parametrize("peak", [False, True])
+def test_completion_bounds_are_upper_bounds(tiny: dict, peak: bool, stock: bool) -> None:
+    """The bound that prunes a prefix is at least the best design that completes it within every
+    limit (by brute force over the whole space), for prefixes of one and of two cells, whether the
+    staircases are the ones built with the tables (no peak-memory limit: looser under one) or
+    computed for the limits at hand."""
+    c, idx = tiny["costs"], tiny["idx"]
+    table = tiny["tables"].tables[0]
+    q = lambda key, p: float(np.quantile(c[key], p))  # noqa: E731
+    limits = Limits(max_latency_ms=q("latency_ms", 0.5), max_energy_mj=q("energy_mj", 0.4),
+                    max_params=q("params", 0.5), max_macs=q("macs", 0.6),
+                    max_peak_memory_mb=q("peak_memory_mb", 0.6) if peak else None)  # fmt: skip
+    eff = limits.given()
+    dims = [ADDITIVE[k] for k in ADDITIVE if k in eff]
+    budgets = {ADDITIVE[k]: v for k, v in eff.items() if k in ADDITIVE}
+    terms = _objective_terms(table, NND)
+    chain = _Chain(table, terms, dims, budgets, eff.get("max_peak_memory_mb"), table.completions if stock else None)
+    assert (chain.after[1][0][0] is table.completions[dims[0]][1][0]) == stock
+    feasible = np.ones(len(idx), dtype=bool)
+    for name, value in eff.items():
+        feasible &= c[name[4:]] <= value
+    best = np.where(feasible, c["nn_degree"], -np.inf)
+    cells = table.cells
+    for n_cells in (1, 2):
+        prefixes, inverse = np.unique(idx[:, :n_cells], axis=0, return_inverse=True)
+        obj = np.zeros(len(prefixes))
+        cost = np.zeros((len(prefixes), len(dims)))
+        state = np.zeros(len(prefixes), dtype=np.int64)
+        for p in range(n_cells):
+            x = prefixes[:, p]
+            obj += cells[p].metric["nn_degree"][x]
+            cost += np.stack([cells[p].costs[dn][state, x] for dn in dims], axis=1)
+            state = cells[p].out_state[x]
+        bound = chain.bound(n_cells, obj, cost, state)
+        truth = np.full(len(prefixes), -np.inf)  # the best feasible design through each prefix
+        np.maximum.at(truth, inverse.ravel(), best)
+        assert np.all(bound >= truth - 1e-9), n_cells
+        assert np.isfinite(truth).any() and np.all(np.isfinite(bound[np.isfinite(truth)]))
 
 
 def test_exact_front_matches_brute_force(tiny: dict) -> None:
