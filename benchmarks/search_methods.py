@@ -1,7 +1,8 @@
 """The search core's figures: exact against our hierarchical SHGO and random search, side by side.
 
 For one latency cost model and NN-Degree, over ``--levels`` latency limits spanning the space's
-latency range (quantiles 1%..99% of sampled networks) plus a few with a parameter limit too:
+latency range (quantiles 1%..99% of sampled networks) plus a few with a parameter limit too and a
+few with four limits (latency, parameters, MACs and peak memory):
 the exact method's one-time table build, then per method the median and worst time per search,
 regret (objective below the exact optimum, as a share of it), the share of levels within 0.5%,
 the hit rate (exact optimum found) and violations (every design re-checked with the full model).
@@ -36,6 +37,7 @@ from nnflash.search import (
     recheck,
     search,
 )
+from nnflash.search.memory import peak_memory_mb
 
 
 def main() -> None:
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument("--space", default="flash")
     ap.add_argument("--levels", type=int, default=50)
     ap.add_argument("--with-params", type=int, default=10, help="extra levels with a parameter limit too")
+    ap.add_argument("--with-four", type=int, default=5, help="extra levels with latency, params, MACs and peak memory")
     args = ap.parse_args()
     space = get_space(args.space)
     model = load_model(args.cost) if args.cost else known_roofline(conv_algorithm="ort_nchwc16")
@@ -54,18 +57,30 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     sample = space.sample(2000, seed=0)
     lat = model.predict(sample)
-    params = np.array(
-        [
-            space.metrics(*(np.array([[getattr(c, k) for c in s.cells]]) for k in ("depth", "width", "tc")))["params"][
-                0
-            ]
-            for s in sample
-        ]
-    )  # noqa: E501
+    metrics = [
+        space.metrics(*(np.array([[getattr(c, k) for c in s.cells]]) for k in ("depth", "width", "tc"))) for s in sample
+    ]
+    params = np.array([m["params"][0] for m in metrics])
+    macs = np.array([m["macs"][0] for m in metrics])
+    peak = np.array([peak_memory_mb(s) for s in sample])
     levels = [Limits(max_latency_ms=float(q)) for q in np.quantile(lat, np.linspace(0.01, 0.99, args.levels))]
     rng = np.random.default_rng(1)
     for q in rng.uniform(0.2, 0.95, args.with_params):
         levels.append(Limits(max_latency_ms=float(np.quantile(lat, q)), max_params=float(np.quantile(params, q * 0.6))))
+    for q in np.random.default_rng(2).uniform(0.2, 0.95, args.with_four):
+        levels.append(
+            Limits(
+                max_latency_ms=float(np.quantile(lat, q)),
+                max_params=float(np.quantile(params, q * 0.7)),
+                max_macs=float(np.quantile(macs, q * 0.8)),
+                max_peak_memory_mb=float(np.quantile(peak, q)),
+            )
+        )
+    kinds = {
+        "latency limit only": slice(0, args.levels),
+        "latency + params": slice(args.levels, args.levels + args.with_params),
+        "latency + params + MACs + peak memory": slice(args.levels + args.with_params, len(levels)),
+    }
     search(space, [dep], objective, levels[0], method="shgo", tables=tables)  # warm scipy's imports
     rows: dict[str, dict[str, list[float]]] = {
         m: {"time": [], "regret": [], "viol": []} for m in ("exact", "shgo", "random")
@@ -98,15 +113,16 @@ def main() -> None:
             f"{name:8} {statistics.median(r['time']):9.3f} {max(r['time']):8.3f} {np.median(reg):10.4%} "
             f"{reg.max():7.2%} {np.mean(reg <= 0.005):7.0%} {np.mean(reg <= 1e-12):5.0%} {int(sum(r['viol'])):5d}"
         )
-    n1 = args.levels
     for name, r in rows.items():
         t = np.array(r["time"])
         reg = np.array(r["regret"])
-        print(
-            f"{name}: latency limit only: median {np.median(t[:n1]):.3f} s, worst {t[:n1].max():.3f} s, "
-            f"within 0.5% {np.mean(reg[:n1] <= 0.005):.0%}; latency + params: median {np.median(t[n1:]):.3f} s, "
-            f"worst {t[n1:].max():.3f} s, within 0.5% {np.mean(reg[n1:] <= 0.005):.0%}"
-        )
+        parts = [
+            f"{kind}: median {np.median(t[sl]):.3f} s, worst {t[sl].max():.3f} s, "
+            f"within 0.5% {np.mean(reg[sl] <= 0.005):.0%}"
+            for kind, sl in kinds.items()
+            if len(t[sl])
+        ]
+        print(f"{name}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":
