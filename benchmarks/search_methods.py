@@ -8,7 +8,10 @@ regret (objective below the exact optimum, as a share of it), the share of level
 the hit rate (exact optimum found) and violations (every design re-checked with the full model).
 ``random`` gets as many full-network evaluations as shgo made at that level. At margin 0.
 
-    python benchmarks/search_methods.py --cost COST.json [--space flash] [--levels 50]
+    python benchmarks/search_methods.py --cost COST.json [--space flash] [--levels 50] [--against REV]
+
+``--against REV`` adds the exact method of git revision ``REV`` (its ``search/exact.py`` and
+``search/pareto.py``, with its own tables) as a row, timed side by side in the same run.
 
 (``benchmarks/search.py`` is the full comparison, Optuna included.)
 """
@@ -17,15 +20,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
-from typing import Optional
+import types
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
 from nnflash.calibration import load_model
 from nnflash.calibration.synthetic import known_roofline
-from nnflash.models.space import get_space
+from nnflash.models.space import Space, get_space
 from nnflash.search import (
     Deployment,
     Infeasible,
@@ -37,6 +43,7 @@ from nnflash.search import (
     recheck,
     search,
 )
+from nnflash.search.api import _finalize
 from nnflash.search.memory import peak_memory_mb
 
 
@@ -47,8 +54,11 @@ def main() -> None:
     ap.add_argument("--levels", type=int, default=50)
     ap.add_argument("--with-params", type=int, default=10, help="extra levels with a parameter limit too")
     ap.add_argument("--with-four", type=int, default=5, help="extra levels with latency, params, MACs and peak memory")
+    ap.add_argument("--against", metavar="REV", help="also time the exact method of this git revision")
     args = ap.parse_args()
     space = get_space(args.space)
+    if not isinstance(space, Space):
+        ap.error(f"--space: {args.space} is not a space of cells (this benchmark compares the chain's methods)")
     model = load_model(args.cost) if args.cost else known_roofline(conv_algorithm="ort_nchwc16")
     dep = Deployment.from_model(model)
     objective = Objective.parse("nn-degree")
@@ -82,9 +92,14 @@ def main() -> None:
         "latency + params + MACs + peak memory": slice(args.levels + args.with_params, len(levels)),
     }
     search(space, [dep], objective, levels[0], method="shgo", tables=tables)  # warm scipy's imports
-    rows: dict[str, dict[str, list[float]]] = {
-        m: {"time": [], "regret": [], "viol": []} for m in ("exact", "shgo", "random")
-    }
+    methods = ["exact", "shgo", "random"]
+    if args.against:
+        ref = _reference_exact(args.against)
+        t0 = time.perf_counter()
+        ref_tables = ref.ExactTables.build(space, [dep], objective)
+        ref_build_s = time.perf_counter() - t0
+        methods.append(f"exact@{args.against}")
+    rows: dict[str, dict[str, list[float]]] = {m: {"time": [], "regret": [], "viol": []} for m in methods}
     for i, limits in enumerate(levels):
         print(f"level {i + 1}/{len(levels)}", file=sys.stderr, flush=True)
         ex = search(space, [dep], objective, limits, method="exact", tables=tables)
@@ -98,19 +113,28 @@ def main() -> None:
             ra = None
         ra_s = time.perf_counter() - t0
         best = ex.best.objective
-        for name, r in (("exact", ex), ("shgo", sh), ("random", ra)):
-            rows[name]["time"].append(r.time_s if r is not None else ra_s)
-            rows[name]["regret"].append((best - r.best.objective) / best if r is not None else 1.0)
-            rows[name]["viol"].append(sum(not meets(recheck(d.spec, dep, limits)) for d in r.designs) if r else 0)
+        results = [("exact", ex), ("shgo", sh), ("random", ra)]
+        if args.against:
+            t0 = time.perf_counter()
+            cands, n_eval = ref.exact_candidates(ref_tables, limits, 0.0, 1)
+            designs = _finalize(cands, objective, limits, 0.0, 1)
+            results.append((methods[-1], SearchResult(designs, "exact", time.perf_counter() - t0, 0.0, n_eval)))
+        for name, res in results:
+            rows[name]["time"].append(res.time_s if res is not None else ra_s)
+            rows[name]["regret"].append((best - res.best.objective) / best if res is not None else 1.0)
+            rows[name]["viol"].append(sum(not meets(recheck(d.spec, dep, limits)) for d in res.designs) if res else 0)
     print(f"space {space.name} ({space.count():.3g} networks), cost model {args.cost or 'synthetic roofline'} "
           f"({model.kind}, {getattr(model, 'conv_algorithm_', '')}), {len(levels)} limit levels, margin 0")  # fmt: skip
-    print(f"exact table build: {build_s:.2f} s")
+    print(
+        f"exact table build: {build_s:.2f} s" + (f" (at {args.against}: {ref_build_s:.2f} s)" if args.against else "")
+    )
     head = ("method", "median s", "worst s", "regret med", "worst", "<=0.5%", "hit", "viol")
-    print("{:8} {:>9} {:>8} {:>10} {:>7} {:>7} {:>5} {:>5}".format(*head))
+    w = max(8, *(len(m) for m in methods))
+    print(f"{{:{w}}} {{:>9}} {{:>8}} {{:>10}} {{:>7}} {{:>7}} {{:>5}} {{:>5}}".format(*head))
     for name, r in rows.items():
         reg = np.array(r["regret"])
         print(
-            f"{name:8} {statistics.median(r['time']):9.3f} {max(r['time']):8.3f} {np.median(reg):10.4%} "
+            f"{name:{w}} {statistics.median(r['time']):9.3f} {max(r['time']):8.3f} {np.median(reg):10.4%} "
             f"{reg.max():7.2%} {np.mean(reg <= 0.005):7.0%} {np.mean(reg <= 1e-12):5.0%} {int(sum(r['viol'])):5d}"
         )
     for name, r in rows.items():
@@ -123,6 +147,20 @@ def main() -> None:
             if len(t[sl])
         ]
         print(f"{name}: " + "; ".join(parts))
+
+
+def _reference_exact(rev: str) -> Any:
+    """``search/exact.py`` of git revision ``rev`` as a module, over that revision's ``search/pareto.py``."""
+    root = Path(__file__).resolve().parents[1]
+    for name in ("pareto", "exact"):
+        src = subprocess.run(
+            ["git", "-C", str(root), "show", f"{rev}:search/{name}.py"], capture_output=True, text=True, check=True
+        ).stdout
+        src = src.replace("from nnflash.search.pareto import", "from _reference_pareto import")
+        module = types.ModuleType(f"_reference_{name}")
+        sys.modules[module.__name__] = module  # dataclasses look their module up
+        exec(compile(src, f"{rev}:search/{name}.py", "exec"), module.__dict__)
+    return sys.modules["_reference_exact"]
 
 
 if __name__ == "__main__":
