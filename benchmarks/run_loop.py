@@ -11,7 +11,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/run_loop.py [--db DIR/n.db] [--limits 10] [--busy-ok]
+    .venv/bin/python benchmarks/run_loop.py [--db DIR/n.db] [--limits 10] [--full] [--busy-ok] [--skip-quick]
 
 Timings on a shared machine are noisy: the script prints the load average around each stage.
 """
@@ -53,6 +53,11 @@ def main() -> None:
     ap.add_argument("--db", default=None, help="Results database (default: a fresh one in a temp folder).")
     ap.add_argument("--limits", type=int, default=10, help="Latency limits for the hit rate (>= 10).")
     ap.add_argument("--busy-ok", action="store_true", help="Keep visits disturbed by other processes.")
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="Hit rate with the full plan (25 models, 5 passes; nnflash run without --quick) instead of --quick's.",
+    )
     ap.add_argument("--skip-quick", action="store_true", help="Do not time run --quick (reuse --db's calibration).")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nnflash-runloop-"))
@@ -78,7 +83,7 @@ def main() -> None:
         print(f"measurements {out['measurements']}; load {os.getloadavg()[0]:.1f} at end")
 
     from nnflash.controller.commands.common import devices_from, load_inventory
-    from nnflash.controller.runloop import QUICK, RunRequest, latency_grid, run_loop
+    from nnflash.controller.runloop import FULL, QUICK, RunRequest, latency_grid, run_loop
     from nnflash.models.space import get_space
 
     device = devices_from(load_inventory(None), "local")[0]
@@ -88,7 +93,7 @@ def main() -> None:
         db_path=str(db),
         out_dir=str(work / "bench"),
         artifacts_dir=str(db.parent / f"{db.stem}-artifacts"),
-        plan=QUICK,
+        plan=FULL if args.full else QUICK,
         measure={"disturbed_share_max": None} if args.busy_ok else {},
     )
     t0 = time.perf_counter()
@@ -104,7 +109,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     first, last = _figures(result.rounds[0].designs), _figures(result.final.designs)
     print(
-        f"\n{len(limits)} latency limits {limits[0]:.2f} .. {limits[-1]:.2f} ms; "
+        f"\nplan {base.plan.name}: {len(limits)} latency limits {limits[0]:.2f} .. {limits[-1]:.2f} ms; "
         f"{len(result.rounds)} round(s), {wall:.0f} s"
     )
     print(f"{'':24}{'designs':>8}{'measured':>9}{'hit rate':>9}{'med |err|':>10}{'regret':>8}{'margin':>8}")
