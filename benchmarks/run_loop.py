@@ -30,6 +30,32 @@ from pathlib import Path
 import numpy as np
 
 
+def device_busy(db: Path) -> str:
+    """What else kept the device busy while it measured: per visit, the share of the measured CPUs'
+    time that other processes used (the agent's ``foreign_share``, from ``/proc/stat``), and the
+    measurements by status."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT status, json_extract(summary_json, '$.disturbance.visit.foreign_share') FROM measurements"
+        ).fetchall()
+    finally:
+        con.close()
+    counts: dict[str, int] = {}
+    for status, _ in rows:
+        counts[status] = counts.get(status, 0) + 1
+    shares = np.array([float(v) for _, v in rows if v is not None])
+    if not len(shares):
+        return f"measurements {counts}; no visit recorded other processes' CPU time"
+    p50, p90 = np.percentile(shares, [50, 90])
+    return (
+        f"measurements {counts}; other processes' share of the measured CPUs during a visit: "
+        f"median {p50:.1%}, p90 {p90:.1%}, max {shares.max():.1%} ({len(shares)} visits)"
+    )
+
+
 def _figures(designs: list) -> dict:
     ok = [v for v in designs if v.measured_ms is not None]
     hits = [v for v in ok if v.meets_limit]
@@ -123,6 +149,7 @@ def main() -> None:
         )
     print(f"stage times: {', '.join(f'{k} {v:.0f} s' for k, v in result.stage_s.items())}")
     print(f"load average {os.getloadavg()[0]:.1f} at end")
+    print(device_busy(db))
 
 
 if __name__ == "__main__":
