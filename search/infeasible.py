@@ -65,22 +65,18 @@ def _min_peak(tables: ExactTables, others: Limits, margin: float) -> Optional[fl
     return float(values[lo])
 
 
-def diagnose(tables: ExactTables, limits: Limits, margin: float, method: str) -> Infeasible:
-    """The :class:`Infeasible` error for ``limits``: for each limit, the tightest value reachable
-    under the others (at the same margin)."""
-    given = limits.given()
+def infeasible_error(
+    space_name: str, given: dict[str, float], reachable: dict[str, Optional[float]], margin: float, method: str
+) -> Infeasible:
+    """The :class:`Infeasible` error of any method: ``reachable[name]`` is the smallest value of limit
+    ``name``'s cost among the designs that meet the other limits (``None``: none does); latency and
+    energy are turned into the limit that would admit it at ``margin``."""
     tightest: dict[str, Optional[float]] = {}
     parts = []
     for name, value in given.items():
-        others = Limits(**{k: v for k, v in given.items() if k != name})
-        if name in ADDITIVE:
-            best = _min_additive(tables, ADDITIVE[name], others, margin)
-            if best is not None and name in COST_LIMITS and margin > 0:
-                best = best / (1.0 - margin)  # the limit that would admit it at this margin
-        elif name == "max_peak_memory_mb":
-            best = _min_peak(tables, others, margin)
-        else:
-            best = None
+        best = reachable.get(name)
+        if best is not None and name in COST_LIMITS and margin > 0:
+            best = best / (1.0 - margin)
         tightest[name] = best
         unit = _UNITS[name]
         if best is None:
@@ -88,5 +84,21 @@ def diagnose(tables: ExactTables, limits: Limits, margin: float, method: str) ->
         else:
             parts.append(f"{name} {value:g} {unit}: the tightest reachable under the other limits is {best:.6g} {unit}")
     where = f" at margin {margin:g}" if margin else ""
-    msg = f"no design of space {tables.space.name!r} meets the limits{where} (method {method}); " + "; ".join(parts)
+    msg = f"no design of space {space_name!r} meets the limits{where} (method {method}); " + "; ".join(parts)
     return Infeasible(msg, tightest)
+
+
+def diagnose(tables: ExactTables, limits: Limits, margin: float, method: str) -> Infeasible:
+    """The :class:`Infeasible` error for ``limits``: for each limit, the tightest value reachable
+    under the others (at the same margin)."""
+    given = limits.given()
+    reachable: dict[str, Optional[float]] = {}
+    for name in given:
+        others = Limits(**{k: v for k, v in given.items() if k != name})
+        if name in ADDITIVE:
+            reachable[name] = _min_additive(tables, ADDITIVE[name], others, margin)
+        elif name == "max_peak_memory_mb":
+            reachable[name] = _min_peak(tables, others, margin)
+        else:
+            reachable[name] = None
+    return infeasible_error(tables.space.name, given, reachable, margin, method)

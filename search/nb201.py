@@ -36,7 +36,8 @@ import numpy as np
 from nnflash.models.metrics import layer_table, nb201_topology
 from nnflash.models.nb201 import Nb201Spec
 from nnflash.models.space import Nb201Space
-from nnflash.search.types import COST_LIMITS, Deployment, Infeasible, Limits, Objective, SearchError
+from nnflash.search.infeasible import infeasible_error
+from nnflash.search.types import Deployment, Infeasible, Limits, Objective, SearchError
 
 #: The costs a limit can name, by the limit's field; the rest (peak memory, area) have no nb201 model.
 COSTS: dict[str, str] = {
@@ -45,7 +46,6 @@ COSTS: dict[str, str] = {
     "max_params": "params",
     "max_macs": "macs",
 }
-_UNITS = {"max_latency_ms": "ms", "max_energy_mj": "mJ", "max_params": "params", "max_macs": "MACs"}
 
 
 def effective_key(spec: Nb201Spec) -> tuple[object, ...]:
@@ -210,22 +210,10 @@ def diagnose(tables: Nb201Tables, limits: Limits, margin: float, method: str) ->
     """The :class:`Infeasible` error: for each limit, the tightest value the candidates reach while
     the other limits hold (at the same margin)."""
     given = limits.given()
-    tightest: dict[str, Optional[float]] = {}
-    parts = []
-    for name, value in given.items():
+    reachable: dict[str, Optional[float]] = {}
+    for name in given:
         others = Limits(**{k: v for k, v in given.items() if k != name})
-        ok = tables.feasible(others, margin)
-        vals = tables.cost(COSTS[name])[ok]
+        vals = tables.cost(COSTS[name])[tables.feasible(others, margin)]
         vals = vals[np.isfinite(vals)]
-        best: Optional[float] = float(vals.min()) if len(vals) else None
-        if best is not None and name in COST_LIMITS and margin > 0:
-            best = best / (1.0 - margin)  # the limit that would admit it at this margin
-        tightest[name] = best
-        unit = _UNITS[name]
-        if best is None:
-            parts.append(f"{name} {value:g} {unit}: the other limits alone admit no design")
-        else:
-            parts.append(f"{name} {value:g} {unit}: the tightest reachable under the other limits is {best:.6g} {unit}")
-    where = f" at margin {margin:g}" if margin else ""
-    msg = f"no design of space {tables.space.name!r} meets the limits{where} (method {method}); " + "; ".join(parts)
-    return Infeasible(msg, tightest)
+        reachable[name] = float(vals.min()) if len(vals) else None
+    return infeasible_error(tables.space.name, given, reachable, margin, method)
