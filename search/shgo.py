@@ -19,9 +19,16 @@ is hierarchical, built on ``scipy.optimize.shgo``, and takes about 0.1 s). The h
 
 SHGO minimizes the negated objective of the rounded design: a piecewise-constant function of the
 split, so its sampling does the work; its local minimizer (COBYLA, a few steps) rarely moves.
-**Repair**: from the best few splits SHGO evaluated, coordinate ascent re-chooses each cell with
-every other cell fixed and the whole remaining budget, until nothing improves; the final designs
-are re-checked with the full cost models like every method's.
+**Repair**, from the best few designs SHGO evaluated, in two steps: coordinate ascent re-chooses
+each cell with every other cell fixed and the whole remaining budget, until nothing improves; then,
+for the best five, **pair exchange** re-chooses two cells at once (all others fixed) for the best
+sum of their objectives within what the others leave, until no pair improves. One cell at a time
+cannot move budget from one cell to another (lowering one cell frees budget that no single other
+cell can use unless the first changes at the same moment); the pair exchange can. Per cell and
+entering state it keeps only the configurations no other dominates (objective against costs,
+counting what the next, fixed cell costs under the state each leaves), so a pair is a staircase
+lookup with one limit and a blockwise scan with several. The final designs are re-checked with
+the full cost models like every method's.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 
 from nnflash.models.spec import DenseSpec
 from nnflash.search.exact import ExactTables, _active, _spec_of
+from nnflash.search.pareto import nondominated
 from nnflash.search.types import Deployment, Limits
 
 #: Sobol points SHGO samples per deployment.
@@ -41,6 +49,10 @@ SAMPLES = 64
 DEFAULT_EVALUATIONS = 100
 #: Better configurations of a cell the repair tries on the whole network, best first.
 _POLISH_TRIES = 8
+#: The best designs SHGO saw that the pair exchange repairs too (after the coordinate ascent).
+_EXCHANGE_STARTS = 5
+#: Pair evaluations per block of the pair exchange with several limits (memory, not results).
+_PAIR_CELLS = 1 << 20
 
 
 class _Inner:
@@ -67,6 +79,8 @@ class _Inner:
         self.cand, cheapest = cached
         self.cheapest = cheapest
         self.slack = self.bud - cheapest.sum(axis=0) if self.k else np.zeros(0)
+        sides = cache.setdefault(("shgo-sides", id(table), tuple(dims), peak), {}) if cache is not None else {}
+        self._sides: dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray]] = sides
 
     @staticmethod
     def _candidates(table: Any, terms: list[np.ndarray], dims: list[str], peak: Optional[float]) -> tuple[Any, Any]:
@@ -179,6 +193,119 @@ class _Inner:
                         break
         return best_obj, cfgs
 
+    # ------------------------------------------------------------------ the pair exchange
+
+    def _side(self, c: int, si: int, nxt: Optional[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cell ``c``'s configurations under entering state ``si`` that no other dominates, as
+        (configurations, objective, effective costs ``(n, k)``): the effective cost adds what the
+        next cell, fixed at ``nxt = (cell, configuration)``, costs under the state each one leaves
+        (and the next cell's peak must fit too). Cached per (cell, state, next)."""
+        key = (c, si, nxt)
+        hit = self._sides.get(key)
+        if hit is not None:
+            return hit
+        ct = self.cells[c]
+        x = np.arange(ct.d.shape[0])
+        cost = np.stack([ct.costs[dn][si] for dn in self.dims], axis=1) if self.k else np.zeros((len(x), 0))
+        ok = np.ones(len(x), dtype=bool)
+        if self.peak is not None:
+            ok &= ct.costs["peak_memory_mb"][si] <= self.peak
+        if nxt is not None:
+            nc, nx = nxt
+            nt = self.cells[nc]
+            ns = ct.out_state
+            if self.k:
+                cost = cost + np.stack([nt.costs[dn][ns, nx] for dn in self.dims], axis=1)
+            if self.peak is not None:
+                ok &= nt.costs["peak_memory_mb"][ns, nx] <= self.peak
+        x, obj, cost = x[ok], self.terms[c][ok], cost[ok]
+        keep = nondominated(obj, cost) if len(x) else np.zeros(0, dtype=bool)
+        out = (x[keep], obj[keep], cost[keep])
+        self._sides[key] = out
+        return out
+
+    def _best_pair(self, oa: np.ndarray, ca: np.ndarray, ob: np.ndarray, cb: np.ndarray,
+                   room: np.ndarray) -> tuple[float, int, int]:  # fmt: skip
+        """The best ``oa[i] + ob[j]`` with ``ca[i] + cb[j] <= room`` (every cost): (sum, i, j)."""
+        if not len(oa) or not len(ob):
+            return -np.inf, -1, -1
+        if self.k == 1:  # B's staircase: the best objective at or below each cost
+            order = np.argsort(cb[:, 0], kind="stable")
+            c_sorted = cb[order, 0]
+            run = np.maximum.accumulate(ob[order])
+            arg = order[np.maximum.accumulate(np.where(ob[order] == run, np.arange(len(order)), 0))]
+            pos = np.searchsorted(c_sorted, room[0] - ca[:, 0], side="right") - 1
+            fit = pos >= 0
+            if not fit.any():
+                return -np.inf, -1, -1
+            tot = np.where(fit, oa + run[np.maximum(pos, 0)], -np.inf)
+            i = int(np.argmax(tot))
+            return float(tot[i]), i, int(arg[pos[i]])
+        best, bi, bj = -np.inf, -1, -1
+        step = max(1, _PAIR_CELLS // max(len(ob), 1))
+        for s in range(0, len(oa), step):
+            fits = np.all(ca[s : s + step, None, :] + cb[None, :, :] <= room, axis=2) if self.k else None
+            tot = oa[s : s + step, None] + ob[None, :]
+            if fits is not None:
+                tot = np.where(fits, tot, -np.inf)
+            flat = int(np.argmax(tot))
+            i, j = divmod(flat, tot.shape[1])
+            if tot[i, j] > best:
+                best, bi, bj = float(tot[i, j]), s + i, j
+        return best, bi, bj
+
+    def exchange(self, cfgs: list[int]) -> tuple[float, list[int]]:
+        """Repair by pair exchange: re-choose two cells at once (the others fixed) for the best
+        sum of their objectives within the budget the other cells leave, until no pair improves.
+        This moves budget from one cell to another, which re-choosing one cell at a time cannot."""
+        best_obj, cost, states = self.network(cfgs)
+        if not np.isfinite(best_obj) or (self.k and np.any(cost > self.bud)):
+            return -np.inf, cfgs
+        C = len(self.cells)
+        improved = True
+        while improved:
+            improved = False
+            for a in range(C - 1):
+                for b in range(a + 1, C):
+                    trial = self._exchange_pair(cfgs, states, a, b)
+                    if trial is None:
+                        continue
+                    o2, c2, s2 = self.network(trial)
+                    if (not self.k or np.all(c2 <= self.bud)) and o2 > best_obj + 1e-12:
+                        cfgs, best_obj, cost, states, improved = trial, o2, c2, s2, True
+        return best_obj, cfgs
+
+    def _exchange_pair(self, cfgs: list[int], states: list[int], a: int, b: int) -> Optional[list[int]]:
+        C = len(self.cells)
+        # the cells whose costs do not move: all but a, b, the one after a (its entering state
+        # follows a) and the one after b
+        moving = {a, b, a + 1, b + 1}
+        rest = np.zeros(self.k)
+        for c in range(C):
+            if c not in moving:
+                for j, dn in enumerate(self.dims):
+                    rest[j] += self.cells[c].costs[dn][states[c], cfgs[c]]
+        room = self.bud - rest
+        nxt_a = (a + 1, cfgs[a + 1]) if a + 1 < b else None
+        nxt_b = (b + 1, cfgs[b + 1]) if b + 1 < C else None
+        xa, oa, ca = self._side(a, states[a], nxt_a)
+        if b > a + 1:  # b's entering state is fixed by the cell before it
+            groups = [(states[b], np.arange(len(xa)))]
+        else:  # b's entering state is the one a leaves: one group per state
+            out = self.cells[a].out_state[xa]
+            groups = [(int(g), np.flatnonzero(out == g)) for g in np.unique(out)]
+        best, pick = sum(float(self.terms[c][cfgs[c]]) for c in (a, b)) + 1e-12, None
+        for sb, ia in groups:
+            xb, ob, cb = self._side(b, sb, nxt_b)
+            tot, i, j = self._best_pair(oa[ia], ca[ia], ob, cb, room)
+            if tot > best:
+                best, pick = tot, (int(xa[ia[i]]), int(xb[j]))
+        if pick is None:
+            return None
+        trial = list(cfgs)
+        trial[a], trial[b] = pick
+        return trial
+
 
 def shgo_candidates(
     tables: ExactTables, limits: Limits, margin: float, top_k: int, seed: int = 0
@@ -222,8 +349,10 @@ def shgo_candidates(
             )
         # repair: polish the best few designs SHGO saw
         starts = sorted(seen.items(), key=lambda kv: -kv[1])[: max(5, top_k)]
-        for cfg, _ in starts:
+        for n, (cfg, _) in enumerate(starts):
             obj, cfgs = inner.polish(list(cfg))
+            if n < _EXCHANGE_STARTS and np.isfinite(obj):
+                obj, cfgs = inner.exchange(cfgs)
             if np.isfinite(obj):
                 seen[tuple(cfgs)] = obj
         evaluations += inner.evaluations

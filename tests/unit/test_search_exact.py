@@ -224,7 +224,7 @@ def test_shgo_and_random_against_the_exact_optimum() -> None:
         rand = search(space, [dep], NND, limits, method="random", tables=tables, evaluations=shgo.evaluations)
         assert shgo.best.objective <= best + 1e-9 and rand.best.objective <= best + 1e-9
         regrets.append((best - shgo.best.objective) / best)
-    assert max(regrets) <= 0.01
+    assert max(regrets) <= 0.005  # the issue's goal: within 0.5% of the exact optimum
 
 
 def test_infeasible_limits_say_what_each_limit_can_reach(tiny: dict) -> None:
@@ -278,3 +278,46 @@ def test_bad_requests_are_clear_errors(tiny: dict) -> None:
     multi.kind = "multi"  # type: ignore[misc]
     with pytest.raises(SearchError, match="re-rank"):
         Objective.from_predictor(multi)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("max_latency_ms",), ("max_latency_ms", "max_params"), ("max_energy_mj", "max_peak_memory_mb")],
+)
+def test_shgo_pair_exchange_leaves_no_improving_pair(tiny: dict, names: tuple[str, ...]) -> None:
+    """The repair's pair exchange ends where no two cells, re-chosen together by brute force with the
+    others fixed, do better within every limit; and it never leaves the budget."""
+    from nnflash.search.exact import _active
+    from nnflash.search.shgo import _Inner
+
+    c = tiny["costs"]
+    column = {"max_latency_ms": "latency_ms", "max_params": "params", "max_energy_mj": "energy_mj"}
+    filled = {k: float(np.quantile(c[column[k]], 0.35)) for k in names if k in column}
+    if "max_peak_memory_mb" in names:
+        filled["max_peak_memory_mb"] = float(np.quantile(c["peak_memory_mb"], 0.6))
+    limits = Limits(**filled)
+    table = tiny["tables"].tables[0]
+    terms = [ct.metric["nn_degree"] for ct in table.cells]
+    dims, budgets, peak = _active(limits, 0.0)
+    inner = _Inner(table, terms, dims, budgets, peak)
+    bud = np.array([budgets[d] for d in dims])
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(6):  # from the cell level's designs for random splits
+        obj0, cfgs0, miss = inner.design(inner.split(rng.uniform(0, 1, inner.k * 2)))
+        if miss > 0 or not cfgs0:
+            continue
+        obj, cfgs = inner.exchange(list(cfgs0))
+        assert obj >= obj0 - 1e-9
+        got, cost, _ = inner.network(cfgs)
+        assert got == pytest.approx(obj) and np.all(cost <= bud)
+        for a, b in itertools.combinations(range(3), 2):
+            for xa in range(len(table.cells[a].d)):
+                for xb in range(len(table.cells[b].d)):
+                    trial = list(cfgs)
+                    trial[a], trial[b] = xa, xb
+                    o2, c2, _ = inner.network(trial)
+                    if np.isfinite(o2) and np.all(c2 <= bud):
+                        assert o2 <= obj + 1e-9, (a, b, xa, xb)
+        checked += 1
+    assert checked >= 3
