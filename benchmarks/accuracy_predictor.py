@@ -99,6 +99,31 @@ def _bootstrap_diff(
     return out
 
 
+def _noise_ceiling(y: np.ndarray, noise: float, draws: int = 4000, seed: int = 0) -> dict[str, Any]:
+    """What an oracle reaches on ``y``: a predictor that knows every network's expected accuracy
+    exactly, judged against one training each (seed noise of std ``noise``, a fraction). The
+    expected accuracies are drawn normal with the variance ``y`` has left once the noise is taken
+    out, ``len(y)`` at a time; returns the median and 5-95% range of its Spearman and Kendall over
+    ``draws`` simulated held-out sets, and its expected MAE (``noise * sqrt(2 / pi)``)."""
+    rng = np.random.default_rng(seed)
+    spread = float(np.std(y, ddof=1))
+    true_sd = math.sqrt(max(spread**2 - noise**2, 0.0))
+    rho, tau = [], []
+    for _ in range(draws):
+        t = rng.normal(0.0, true_sd, len(y))
+        r, k = rank_correlations(t + rng.normal(0.0, noise, len(y)), t)
+        rho.append(r)
+        tau.append(k)
+    q = [5, 50, 95]
+    return {
+        "spread": spread,
+        "true_sd": true_sd,
+        "spearman": [float(v) for v in np.percentile(rho, q)],
+        "kendall": [float(v) for v in np.percentile(tau, q)],
+        "mae": 100 * noise * math.sqrt(2 / math.pi),
+    }
+
+
 def _fmt(v: float, spec: str = ".3f") -> str:
     return format(v, spec) if math.isfinite(v) else "-"
 
@@ -222,6 +247,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"seed-to-seed std of test accuracy ({len(stds)} networks x {len(noise_seeds)} seeds): "
         f"{_fmt(floor, '.2f')} points (the noise floor)"
     )
+    if math.isfinite(floor) and len(y_te) > 2:
+        c = _noise_ceiling(y_te, floor / 100)
+        print(
+            f"noise ceiling: the held-out test accuracies spread {100 * c['spread']:.2f} points (std), "
+            f"{100 * c['true_sd']:.2f} once the seed noise is taken out; an oracle that knew each network's "
+            f"expected accuracy would reach Spearman {c['spearman'][1]:.3f} [5-95%: {c['spearman'][0]:.3f}.."
+            f"{c['spearman'][2]:.3f}], Kendall {c['kendall'][1]:.3f} [{c['kendall'][0]:.3f}..{c['kendall'][2]:.3f}], "
+            f"MAE {c['mae']:.2f} pt against one training per network"
+        )
     m = _metrics(y_te, ref, True)
     ahead = []
     for name, (score, is_acc) in scores.items():
