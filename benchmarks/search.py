@@ -20,8 +20,12 @@ full cost model: must be 0), failures (nothing returned where the exact method f
 the hypervolume of the method's designs over the latency levels against that of the exact front,
 in the box latency in [0, the largest latency level] x NN-Degree in [0, the exact front's best].
 
-Run: ``python benchmarks/search.py [--cost COST.json] [--levels 50] [--tpe-every 5]`` (the TPE
-column runs on every ``--tpe-every``-th latency level: each TPE study costs seconds).
+With ``--accuracy ACC.json`` (a fitted ``flash`` or ``nnmass`` accuracy predictor of the cost
+model's space) the objective is the predicted accuracy instead, and the regret is also printed in
+accuracy points (the issue's goal with a predictor: within 0.1 points in at least 95% of the levels).
+
+Run: ``python benchmarks/search.py [--cost COST.json] [--accuracy ACC.json] [--levels 50] [--tpe-every 5]``
+(the TPE column runs on every ``--tpe-every``-th latency level: each TPE study costs seconds).
 """
 
 from __future__ import annotations
@@ -144,6 +148,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--tpe-every", type=int, default=5, help="Run TPE on every k-th level (0: never).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--busy-ok", action="store_true", help="Calibrating: keep measurements disturbed by other load.")
+    ap.add_argument("--accuracy", default=None, help="A fitted flash/nnmass accuracy predictor as the objective.")
     ap.add_argument("--json", dest="json_path", default=None, help="Also write the per-level records here.")
     args = ap.parse_args(argv)
 
@@ -152,11 +157,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     dep = Deployment.from_model(model)
     meta = model.metadata_
     space = get_space(meta.get("space") or "flash")
-    objective = Objective.parse("nn-degree")
+    if args.accuracy:
+        from nnflash.calibration.accuracy import load_accuracy_model
+
+        objective = Objective.from_predictor(load_accuracy_model(args.accuracy))
+        objective.check_space(space)
+        obj_label = f"predicted accuracy ({args.accuracy})"
+    else:
+        objective = Objective.parse("nn-degree")
+        obj_label = "NN-Degree"
     print(
         f"cost model {cost}: {model.kind} for {meta.get('device')} / {dep.label}, cv "
         f"RMSPE {meta.get('cv', {}).get('rmspe', float('nan')):.1f}%; space {space.name} ({space.count():.3g} "
-        f"configurations); objective NN-Degree; margin 0; load {os.getloadavg()[0]:.1f}",
+        f"configurations); objective {obj_label}; margin 0; load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     t0 = time.perf_counter()
@@ -228,6 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     objective=got.objective,
                     latency_ms=got.latency_ms,
                     regret=max(0.0, (best.objective - got.objective) / best.objective),
+                    regret_points=max(0.0, 100 * (best.objective - got.objective)),
                     hit=config(got) == config(best) or abs(got.objective - best.objective) <= 1e-9 * best.objective,
                     violation=not meets(margins, 0.0),
                 )
@@ -242,7 +256,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print()
     print(f"{len(rec['exact'])} feasible levels ({args.levels} latency levels {lat_levels[0]:.3f}..{lat_ref:.3f} ms")
     print(f"plus {len(all_limits) - args.levels} with a params, peak-memory or energy limit); exact table build")
-    print(f"{build_s:.2f} s apart. Hypervolume box: latency [0, {lat_ref:.3f}] ms x NN-Degree [0, {obj_ref:.1f}].")
+    print(f"{build_s:.2f} s apart. Hypervolume box: latency [0, {lat_ref:.3f}] ms x {obj_label} [0, {obj_ref:.4g}].")
     hdr = (
         f"{'method':<7} {'levels':>6} {'median s':>9} {'worst s':>8} {'regret med':>10} {'p95':>7} "
         f"{'<=0.5%':>7} {'hit':>5} {'viol':>4} {'fail':>4} {'evals':>6} {'HV/exact':>8}"
@@ -269,6 +283,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("optimum's configuration (or its objective) found; viol: designs that miss a limit on re-check (0 is")
     print("the requirement); HV/exact: hypervolume of the designs found at the latency levels over the exact")
     print("front's (1 = the front's area in the box).")
+    if args.accuracy:
+        print()
+        print("with the predictor: regret in accuracy points (a missing design counts as 100)")
+        for m in methods:
+            rows = rec[m]
+            if rows:
+                pts = [r.get("regret_points", 100.0) if r["found"] else 100.0 for r in rows]
+                print(
+                    f"{m:<7} median {statistics.median(pts):.3f} pt, p95 {float(np.quantile(pts, 0.95)):.3f} pt, "
+                    f"worst {max(pts):.3f} pt, within 0.1 pt {100 * np.mean([x <= 0.1 for x in pts]):.0f}%"
+                )
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"build_s": build_s, "records": rec}, indent=1) + "\n")
     return 0
