@@ -289,7 +289,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for m in methods:
             rows = rec[m]
             if rows:
-                pts = [r.get("regret_points", 100.0) if r["found"] else 100.0 for r in rows]
+                pts = [r["regret_points"] if r["found"] else 100.0 for r in rows]
                 print(
                     f"{m:<7} median {statistics.median(pts):.3f} pt, p95 {float(np.quantile(pts, 0.95)):.3f} pt, "
                     f"worst {max(pts):.3f} pt, within 0.1 pt {100 * np.mean([x <= 0.1 for x in pts]):.0f}%"

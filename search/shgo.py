@@ -229,18 +229,15 @@ class _Inner:
         """The best ``oa[i] + ob[j]`` with ``ca[i] + cb[j] <= room`` (every cost): (sum, i, j)."""
         if not len(oa) or not len(ob):
             return -np.inf, -1, -1
-        if self.k == 1:  # B's staircase: the best objective at or below each cost
-            order = np.argsort(cb[:, 0], kind="stable")
-            c_sorted = cb[order, 0]
-            run = np.maximum.accumulate(ob[order])
-            arg = order[np.maximum.accumulate(np.where(ob[order] == run, np.arange(len(order)), 0))]
-            pos = np.searchsorted(c_sorted, room[0] - ca[:, 0], side="right") - 1
-            fit = pos >= 0
-            if not fit.any():
-                return -np.inf, -1, -1
-            tot = np.where(fit, oa + run[np.maximum(pos, 0)], -np.inf)
+        if self.k == 1:  # b's side is non-dominated: by cost ascending its objective never falls, so
+            # the best that fits a budget is the last one at or below it
+            order = np.argsort(cb[:, 0])
+            pos = np.searchsorted(cb[order, 0], room[0] - ca[:, 0], side="right") - 1
+            tot = np.where(pos >= 0, oa + ob[order[np.maximum(pos, 0)]], -np.inf)
             i = int(np.argmax(tot))
-            return float(tot[i]), i, int(arg[pos[i]])
+            if not np.isfinite(tot[i]):
+                return -np.inf, -1, -1
+            return float(tot[i]), i, int(order[pos[i]])
         best, bi, bj = -np.inf, -1, -1
         step = max(1, _PAIR_CELLS // max(len(ob), 1))
         for s in range(0, len(oa), step):
@@ -272,7 +269,7 @@ class _Inner:
                         continue
                     o2, c2, s2 = self.network(trial)
                     if (not self.k or np.all(c2 <= self.bud)) and o2 > best_obj + 1e-12:
-                        cfgs, best_obj, cost, states, improved = trial, o2, c2, s2, True
+                        cfgs, best_obj, states, improved = trial, o2, s2, True
         return best_obj, cfgs
 
     def _exchange_pair(self, cfgs: list[int], states: list[int], a: int, b: int) -> Optional[list[int]]:
