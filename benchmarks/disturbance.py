@@ -9,8 +9,9 @@ Two conditions side by side, each from scratch (its own databases; the exported 
 
 In each: calibrate a roofline model on ``--budget`` (25) models chosen by ``calibration.workflow``
 (measured through the agent on the ``local`` device in ``--passes`` passes), then measure
-``--test`` (100) held-out random models of the ``flash`` space through the agent (one visit each,
-as ``nnflash profile`` does) and predict them. A held-out model still ``disturbed`` after its
+``--test`` (100) held-out random models of the ``flash`` space through the agent (in
+``--held-out-passes`` passes, 3 as ``nnflash profile`` does; a model's latency is the median of its
+undisturbed visits) and predict them. A held-out model still ``disturbed`` after its
 attempts (``--max-disturbed``) counts as a miss. Every measurement is pinned (``affinity``) to one
 CPU with one thread, and the hog to the same CPU.
 
@@ -49,7 +50,7 @@ from nnflash.calibration.workflow import calibrate
 from nnflash.controller.campaign import MeasureSettings
 from nnflash.controller.commands.campaign_view import ProgressView
 from nnflash.controller.inventory import local_device
-from nnflash.controller.profiling import profile_in_passes
+from nnflash.controller.profiling import PROFILE_PASSES, profile_in_passes
 from nnflash.controller.store import ResultsDB
 from nnflash.models.space import get_space
 from nnflash_agent.stats import model_latency_ms, visit_latency_of
@@ -122,7 +123,7 @@ def run_condition(name: str, args: argparse.Namespace, work: Path, cpu: int, con
             settings,
             held_db,
             arts,
-            passes=1,
+            passes=args.held_out_passes,
             args={"command": "benchmarks/disturbance.py", "condition": name},
             observer_for=lambda k: ProgressView(console, label=f" {name} held out"),
         )
@@ -168,6 +169,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--pool", type=int, default=3000)
     ap.add_argument("--passes", type=int, default=5, help="Calibration passes (nnflash calibrate --passes).")
+    ap.add_argument(
+        "--held-out-passes",
+        type=int,
+        default=PROFILE_PASSES,
+        help="Visits per held-out model (default: nnflash profile's, %(default)s); 1 is the benchmark before it.",
+    )
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--min-repeat-ms", type=float, default=25.0)
     ap.add_argument("--hog-busy-s", type=float, default=2.0)
@@ -181,7 +188,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     console = Console(stderr=True)
     print(
         f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; measured CPU {cpu}; "
-        f"budget {args.budget}, {args.passes} passes, {args.test} held out, repeat {args.repeat}, "
+        f"budget {args.budget}, {args.passes} passes, {args.test} held out in {args.held_out_passes} pass(es), "
+        f"repeat {args.repeat}, "
         f"min_repeat_ms {args.min_repeat_ms:g}" + ("; agent and hog real-time (SCHED_RR)" if args.realtime else "")
     )
     # the held-out models are exported once, before either condition, so that the campaigns'

@@ -502,6 +502,7 @@ class Campaign:
             "energy_mj": energy_mj,
             "error": response.get("error"),
             "request_id": request_id,
+            "visit": self.visit,
             "stored": stored,
         }
         if retry_in is not None:

@@ -30,7 +30,7 @@ from nnflash.controller.commands.common import (
     precision_option,
 )
 from nnflash.controller.errors import ConfigError
-from nnflash.controller.profiling import run_campaign
+from nnflash.controller.profiling import PROFILE_PASSES, profile_in_passes
 from nnflash.controller.store import ResultsDB, rows_to_csv_text
 from nnflash.controller.transport import make_connection
 from nnflash.models.spec import load_specs_jsonl
@@ -204,6 +204,15 @@ def _settings(
     show_default=True,
     help="Measure a disturbed model again (later, after a back-off) until this many attempts were disturbed.",
 )
+@click.option(
+    "--passes",
+    type=int,
+    default=PROFILE_PASSES,
+    show_default=True,
+    help="Visit every model this many times, one pass over all of them after another; a model's latency "
+    "is the median of its undisturbed visits (as calibrate's). One visit is faster but noisier: "
+    "see docs/protocol.md.",
+)
 @db_option
 @inventory_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per measurement on stdout.")
@@ -221,12 +230,16 @@ def profile_cmd(
     affinity: Optional[str],
     disturbed_share: float,
     max_disturbed: int,
+    passes: int,
     db_path: str,
     inventory_path: Optional[str],
     as_json: bool,
 ) -> None:
     """Export (cached), ship and measure specs on devices; every result is stored as it arrives.
 
+    Every model is visited --passes times, one pass over all models after another (visits spread
+    in time average out a device's slow drifts); its latency is the median of its undisturbed
+    visits, the one definition calibrate, predict and the report use (nnflash_agent.stats).
     Resumable: a rerun skips what was measured ok and retries failures up to --max-attempts.
     A measurement the agent found disturbed (other processes competed for the CPUs, stolen time,
     throttling) is stored as such and measured again later, up to --max-disturbed times.
@@ -234,28 +247,33 @@ def profile_cmd(
     """
     if max_disturbed < 1:
         raise ConfigError(f"--max-disturbed: must be a positive integer, got {max_disturbed}")
+    if passes < 1:
+        raise ConfigError(f"--passes: must be a positive integer, got {passes}")
     settings = _settings(
         runtime, threads, repeat, min_repeat_ms, timeout_s, energy, precision, affinity, disturbed_share
     )
     specs = load_specs_jsonl(specs_file)
     devices = devices_from(load_inventory(inventory_path), device_names)
     console = Console(stderr=True)
-    result = run_campaign(
+    done = profile_in_passes(
         specs,
         devices,
         settings,
         db_path,
         artifacts_dir_for(db_path),
+        passes=passes,
         connect=functools.partial(make_connection, **connection_options()),
         max_attempts=max_attempts,
         max_disturbed=max_disturbed,
         args={"command": "profile", "specs_file": str(Path(specs_file).resolve())},
-        observer=ProgressView(console, as_json=as_json),
+        observer_for=lambda k: ProgressView(
+            console, as_json=as_json, label=f" pass {k + 1}/{passes}" if passes > 1 else ""
+        ),
     )
-    print_summary(result, console)
-    if result.interrupted:
+    print_summary(done, console)
+    if done.interrupted_pass is not None:
         sys.exit(130)
-    if any(r.error for r in result.devices.values()):
+    if any(r.error for c in done.campaigns for r in c.devices.values()):
         sys.exit(1)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 from rich.console import Console
 from rich.progress import (
@@ -18,9 +18,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from nnflash.controller.campaign import CampaignResult
 from nnflash.controller.commands.common import emit_json
-from nnflash.controller.profiling import CampaignObserver
+from nnflash.controller.profiling import CampaignObserver, PassesResult
+from nnflash_agent.stats import model_latency_ms, visit_latency_of, visit_spread_of
 
 
 def progress_bars(console: Console) -> Progress:
@@ -89,42 +89,55 @@ class ProgressView(CampaignObserver):
         self._progress.stop()
 
 
-def print_summary(result: CampaignResult, console: Console) -> None:
-    """Per-device counts of one campaign, its devices' errors, and the fastest models it measured."""
-    t = Table(title=f"campaign {result.campaign_id}" + (" (interrupted)" if result.interrupted else ""))
+def print_summary(done: PassesResult, console: Console) -> None:
+    """Per-device counts of each pass, the devices' errors, and the fastest models measured, each
+    with its latency by the one definition (the median of its undisturbed visits in the database,
+    ``nnflash_agent.stats``) and how many visits that is."""
+    several = done.passes > 1
+    interrupted = done.interrupted_pass is not None
+    ids = ", ".join(str(c.campaign_id) for c in done.campaigns)
+    title = f"campaign{'s' if len(done.campaigns) > 1 else ''} {ids}" + (" (interrupted)" if interrupted else "")
+    t = Table(title=title)
     cols = ("device", "planned", "ok", "failed", "disturbed", "still disturbed", "already done", "gave up")
-    for col in cols + ("reconnects", "busy", "wall"):
+    for col in (("pass",) if several else ()) + cols + ("reconnects", "busy", "wall"):
         t.add_column(col, justify="right" if col != "device" else "left")
-    for r in result.devices.values():
-        busy = f"{100 * r.busy_s / r.wall_s:.0f}%" if r.wall_s > 0 else "-"
-        t.add_row(
-            r.device,
-            str(r.planned),
-            str(r.ok),
-            str(r.failed),
-            str(r.disturbed),
-            str(r.still_disturbed),
-            str(r.skipped),
-            str(r.gave_up),
-            str(r.reconnects),
-            busy,
-            f"{r.wall_s:.1f} s",
-        )
-    console.print(t)
-    for r in result.devices.values():
-        if r.error:
-            console.print(f"[red]{r.device}: {r.error}[/]")
-    oks = [row for row in result.rows if row["status"] == "ok" and row.get("latency_ms") is not None]
-    if oks:
-        lt = Table(title="latency (this run; median of the undisturbed repeats)")
-        for col in ("spec", "device", "latency ms", "mean ms", "p90 ms"):
-            lt.add_column(col, justify="right" if "ms" in col else "left")
-        for row in sorted(oks, key=lambda r: r["latency_ms"])[:30]:
-            lt.add_row(
-                row["spec_id"],
-                row["device"],
-                f"{row['latency_ms']:.3f}",
-                f"{row['latency_ms_mean']:.3f}",
-                f"{row['latency_ms_p90']:.3f}",
+    for k, result in enumerate(done.campaigns):
+        for r in result.devices.values():
+            busy = f"{100 * r.busy_s / r.wall_s:.0f}%" if r.wall_s > 0 else "-"
+            t.add_row(
+                *((f"{k + 1}/{done.passes}",) if several else ()),
+                r.device,
+                str(r.planned),
+                str(r.ok),
+                str(r.failed),
+                str(r.disturbed),
+                str(r.still_disturbed),
+                str(r.skipped),
+                str(r.gave_up),
+                str(r.reconnects),
+                busy,
+                f"{r.wall_s:.1f} s",
             )
+    console.print(t)
+    for result in done.campaigns:
+        for r in result.devices.values():
+            if r.error:
+                console.print(f"[red]{r.device}: {r.error}[/]")
+    visits: dict[tuple[str, str], list[float]] = {}
+    spreads: dict[tuple[str, str], list[Optional[float]]] = {}
+    for row in done.rows:
+        lat = visit_latency_of(row)
+        if lat is not None:
+            key = (str(row["device"]), str(row["spec_id"]))
+            visits.setdefault(key, []).append(lat)
+            spreads.setdefault(key, []).append(visit_spread_of(row))
+    if visits:
+        lt = Table(title="latency of each model (median of its undisturbed visits in the database)")
+        for col in ("spec", "device", "latency ms", "visits", "visit range"):
+            lt.add_column(col, justify="left" if col in ("spec", "device") else "right")
+        lat_of = {key: model_latency_ms(v, spreads[key]) for key, v in visits.items()}
+        for key in sorted(lat_of, key=lambda k: lat_of[k])[:30]:
+            v = visits[key]
+            rng = f"{100 * (max(v) - min(v)) / lat_of[key]:.1f}%" if len(v) > 1 else "-"
+            lt.add_row(key[1], key[0], f"{lat_of[key]:.3f}", str(len(v)), rng)
         console.print(lt)

@@ -104,7 +104,7 @@ def test_install_check_profile_uninstall(emu_host: EmuHost, cli_env: dict, tmp_p
         p = nnflash(
             env,
             *("profile", str(specs), "--device", "pi-emu", "--runtime", runtime, "--threads", "1"),
-            *("--repeat", "3", "--min-repeat-ms", "5", "--db", str(db), "--json"),
+            *("--repeat", "3", "--min-repeat-ms", "5", "--passes", "1", "--db", str(db), "--json"),
             # one row per spec: the emulator's timing is not what this test checks (repeats never gate)
             *("--disturbed-share", "1"),
         )

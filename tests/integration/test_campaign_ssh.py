@@ -285,7 +285,9 @@ def test_cli_devices_and_profile_with_host_key_rules(sshd, tmp_path):  # noqa: F
     specs = tmp_path / "specs.jsonl"
     specs.write_text("".join(s.to_json_line() + "\n" for s in small_specs(2)))
     db = tmp_path / "db.sqlite"
-    p = nnflash(env, "profile", str(specs), "--device", "pi", "--db", str(db), "--repeat", "3", "--json")
+    p = nnflash(
+        env, "profile", str(specs), "--device", "pi", "--db", str(db), "--repeat", "3", "--passes", "1", "--json"
+    )
     assert p.returncode == 0, p.stderr
     lines = [json.loads(x) for x in p.stdout.splitlines()]
     assert len(lines) == 2 and all(x["status"] == "ok" and x["latency_ms_median"] > 0 for x in lines)

@@ -266,6 +266,7 @@ def test_two_processes_profile_two_devices_into_one_database(sshd, tmp_path: Pat
     (tmp_path / "home").mkdir()
     db = tmp_path / "shared.db"
     argv = ["profile", str(tmp_path / "specs.jsonl"), "--db", str(db), "--repeat", "3", "--min-repeat-ms", "1"]
+    argv += ["--passes", "1"]
     argv += ["--disturbed-share", "1"]  # the two agents share this machine's CPUs by design
     procs = {
         name: subprocess.Popen(

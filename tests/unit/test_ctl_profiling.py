@@ -181,3 +181,25 @@ def test_profile_in_passes_stops_after_an_interrupted_pass(tmp_path: Path, monke
     monkeypatch.setattr(profiling, "run_campaign", fake_run)
     done = profiling.profile_in_passes(SPECS, [DEV], FAST, tmp_path / "n.db", tmp_path, passes=4, args={"command": "x"})
     assert visits == [0, 1] and done.interrupted_pass == 2 and done.rows == []
+
+
+def test_a_device_that_failed_a_pass_is_left_out_of_later_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nnflash.controller.campaign import CampaignResult, DeviceReport
+
+    other = Device(name="other", host="other.invalid")
+    asked: list[list[str]] = []
+
+    def fake_run(specs: Any, devices: Any, *a: Any, visit: int = 0, **kw: Any) -> CampaignResult:
+        asked.append([d.name for d in devices])
+        reports = {d.name: DeviceReport(d.name, error="unreachable" if d.name == "fake" else None) for d in devices}
+        return CampaignResult(campaign_id=visit + 1, devices=reports)
+
+    monkeypatch.setattr(profiling, "run_campaign", fake_run)
+    ResultsDB(tmp_path / "n.db").close()
+    done = profiling.profile_in_passes(SPECS, [DEV, other], FAST, tmp_path / "n.db", tmp_path, passes=3)
+    assert asked == [["fake", "other"], ["other"], ["other"]] and done.interrupted_pass is None
+    asked.clear()
+    profiling.profile_in_passes(SPECS, [DEV], FAST, tmp_path / "n.db", tmp_path, passes=3)
+    assert asked == [["fake"]]  # nothing left to ask: no further pass
