@@ -227,8 +227,9 @@ def profile_in_passes(
         if result.interrupted:
             return out
         # a device that failed (unreachable, no agent, ...) is not asked again in later passes
-        left = [d for d in left if not (d.name in result.devices and result.devices[d.name].error)]
-        if not left:
+        failed = [d for d in left if d.name in result.devices and result.devices[d.name].error]
+        left = [d for d in left if d not in failed]
+        if failed and not left:
             break
     spec_ids = {s.spec_id for s in specs}
     out.rows = stored_rows(
