@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 
 from nnflash.controller.cli import cli  # noqa: E402
 from nnflash.models.space import get_space  # noqa: E402
-from nnflash_agent.stats import model_latency_ms, visit_spread_of  # noqa: E402
+from nnflash_agent.stats import SPREAD_FACTOR, SPREAD_FLOOR, model_latency_ms, visit_spread_of  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def test_profile_visits_every_model_once_per_pass_and_resumes_by_visit(tmp_path:
         lats = [lat for lat, _ in visits]
         spreads = [sp for _, sp in visits if sp is not None]
         assert len(spreads) == 3
-        usual = max(3 * statistics.median(spreads), 0.05)
+        usual = max(SPREAD_FACTOR * statistics.median(spreads), SPREAD_FLOOR)
         kept = [lat for lat, sp in visits if sp is not None and sp <= usual]
         assert 2 <= len(kept) <= 3
         row = next(r for r in out.splitlines() if r.startswith("│ " + sid))
